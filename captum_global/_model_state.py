@@ -1,0 +1,94 @@
+"""Keep a model exactly as the caller handed it to us.
+
+Every attribution in this package runs forward and backward passes, may
+attach hooks and may need gradients with respect to parameters or inputs.
+Users expect to get their model back untouched: same ``training`` flags,
+same ``requires_grad`` flags, no hooks left behind, even when an error is
+raised half-way. This module owns that promise so that no method has to
+re-implement it.
+"""
+from contextlib import contextmanager
+from typing import Callable, Iterator, List
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["preserved_model_state", "HookBag", "find_module"]
+
+
+@contextmanager
+def preserved_model_state(forward_func: Callable, eval_mode: bool = True) -> Iterator[None]:
+    """Run the body with ``forward_func`` in eval mode, then restore its flags.
+
+    ``forward_func`` may be any callable; only ``nn.Module`` instances have
+    state to protect. Restores every submodule's ``training`` flag and every
+    parameter's ``requires_grad`` flag on exit, error or not.
+    """
+    if not isinstance(forward_func, nn.Module):
+        yield
+        return
+    modules = list(forward_func.modules())
+    training = [m.training for m in modules]
+    params = list(forward_func.parameters())
+    requires_grad = [p.requires_grad for p in params]
+    try:
+        if eval_mode:
+            forward_func.eval()
+        yield
+    finally:
+        for m, flag in zip(modules, training):
+            m.training = flag
+        for p, flag in zip(params, requires_grad):
+            p.requires_grad_(flag)
+
+
+class HookBag:
+    """Collects hook handles and removes all of them on ``close``.
+
+    Used as a context manager so hooks never outlive one ``attribute`` call.
+    """
+
+    def __init__(self) -> None:
+        self._handles: List[RemovableHandle] = []
+
+    def add(self, handle: RemovableHandle) -> RemovableHandle:
+        self._handles.append(handle)
+        return handle
+
+    def close(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __enter__(self) -> "HookBag":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def find_module(model: nn.Module, layer, argument: str = "layer") -> nn.Module:
+    """Resolve ``layer`` (a module of ``model`` or its dotted name) to a module.
+
+    Raises ``ValueError`` naming ``argument`` when the layer is not part of
+    the model, which is the mistake users make most when copying layer names
+    between models.
+    """
+    if isinstance(layer, str):
+        named = dict(model.named_modules())
+        if layer not in named:
+            raise ValueError(
+                f"{argument}={layer!r} is not a submodule name of the model; "
+                f"expected one of names such as {list(named)[1:6]}"
+            )
+        return named[layer]
+    if isinstance(layer, nn.Module):
+        if not any(m is layer for m in model.modules()):
+            raise ValueError(
+                f"{argument} must be a submodule of the model being explained; "
+                f"got a {type(layer).__name__} that the model does not contain"
+            )
+        return layer
+    raise TypeError(
+        f"{argument} must be an nn.Module or a dotted module name, got {type(layer).__name__}"
+    )

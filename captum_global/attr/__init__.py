@@ -1,0 +1,3 @@
+"""Attribution methods of captum_global, each a Captum ``Attribution``."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Evaluation metrics for attribution maps (ground truth, model truth, backdoor)."""
+
+__all__ = []
