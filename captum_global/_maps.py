@@ -1,0 +1,96 @@
+"""Small tensor operations on heat maps, shared by methods, metrics and figures.
+
+A heat map here is a ``[N, H, W]`` tensor (one map per example). Attributions
+that follow Captum's shape rules (``[N, C, H, W]`` input-shaped, or
+``[N, 1, h, w]`` layer-shaped) are reduced to heat maps by ``to_heatmap``.
+"""
+from typing import Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["to_heatmap", "minmax_normalise", "resize_maps", "otsu_threshold"]
+
+_EPS = 1e-12
+
+
+def to_heatmap(attributions: Union[Tensor, Tuple[Tensor, ...]], sign: str = "positive") -> Tensor:
+    """Collapse an attribution to one ``[N, H, W]`` map per example.
+
+    Args:
+        attributions: ``[N, C, H, W]`` or ``[N, H, W]`` tensor, or a 1-tuple of
+            one (Captum's tuple form).
+        sign: how to treat negative evidence after summing over channels:
+            ``"positive"`` keeps the positive part (what supports the class),
+            ``"absolute"`` takes magnitudes, ``"all"`` keeps the signed sum.
+    """
+    if isinstance(attributions, tuple):
+        if len(attributions) != 1:
+            raise ValueError(
+                f"attributions must be one tensor or a 1-tuple for a heat map, got a {len(attributions)}-tuple"
+            )
+        attributions = attributions[0]
+    if attributions.dim() == 4:
+        maps = attributions.sum(dim=1)
+    elif attributions.dim() == 3:
+        maps = attributions
+    else:
+        raise ValueError(
+            f"attributions must have shape [N, C, H, W] or [N, H, W], got {tuple(attributions.shape)}"
+        )
+    if sign == "positive":
+        return maps.clamp(min=0)
+    if sign == "absolute":
+        return maps.abs()
+    if sign == "all":
+        return maps
+    raise ValueError(f"sign must be 'positive', 'absolute' or 'all', got {sign!r}")
+
+
+def minmax_normalise(maps: Tensor, start_dim: int = 1) -> Tensor:
+    """Min-max normalise each example (dims from ``start_dim`` on) to [0, 1].
+
+    A constant map becomes all zeros rather than NaN: it carries no ranking.
+    """
+    flat = maps.flatten(start_dim)
+    low = flat.min(dim=-1, keepdim=True).values
+    high = flat.max(dim=-1, keepdim=True).values
+    span = high - low
+    out = torch.where(span > _EPS, (flat - low) / span.clamp(min=_EPS), torch.zeros_like(flat))
+    return out.view_as(maps)
+
+
+def resize_maps(maps: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``[N, K, h, w]`` maps to ``size`` (align_corners=False).
+
+    align_corners=False is Captum's ``LayerAttribution.interpolate`` default,
+    so our upsampled maps line up with Captum's layer attributions.
+    """
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def otsu_threshold(maps: Tensor, bins: int = 256) -> Tensor:
+    """Otsu's threshold of each map in ``[N, ...]`` (values assumed in [0, 1]).
+
+    Returns a ``[N]`` tensor ``t``: the histogram level that maximises the
+    between-class variance; the foreground is ``maps > t``. Agrees with
+    scikit-image's ``threshold_otsu(nbins=256)`` to within one bin. Computed
+    batched on the maps' device.
+    """
+    n = maps.shape[0]
+    flat = maps.reshape(n, -1).clamp(0, 1)
+    idx = (flat * (bins - 1)).round().long()
+    hist = torch.zeros(n, bins, device=maps.device, dtype=torch.float64)
+    hist.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+    prob = hist / hist.sum(dim=1, keepdim=True)
+    levels = torch.arange(bins, device=maps.device, dtype=torch.float64) / (bins - 1)
+    weight_low = prob.cumsum(dim=1)
+    mean_low = (prob * levels).cumsum(dim=1)
+    mean_total = mean_low[:, -1:]
+    weight_high = 1 - weight_low
+    between = (mean_total * weight_low - mean_low) ** 2 / (weight_low * weight_high).clamp(min=_EPS)
+    between = torch.where((weight_low > 0) & (weight_high > 0), between, torch.zeros_like(between))
+    return levels[between.argmax(dim=1)].to(maps.dtype)
