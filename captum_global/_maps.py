@@ -77,7 +77,7 @@ def otsu_threshold(maps: Tensor, bins: int = 256) -> Tensor:
 
     Returns a ``[N]`` tensor ``t``: the histogram level that maximises the
     between-class variance; the foreground is ``maps > t``. Agrees with
-    scikit-image's ``threshold_otsu(nbins=256)`` to within one bin. Computed
+    scikit-image's ``threshold_otsu(nbins=256)`` up to binning. Computed
     batched on the maps' device.
     """
     n = maps.shape[0]

@@ -1,0 +1,128 @@
+"""Tests of the shared private helpers: heat maps, model-state guard, compat."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from captum_global import _compat
+from captum_global._maps import minmax_normalise, otsu_threshold, resize_maps, to_heatmap
+from captum_global._model_state import HookBag, find_module, preserved_model_state
+
+
+def test_to_heatmap_reductions():
+    attr = torch.tensor([[[[1.0, -3.0]], [[1.0, 1.0]]]])  # [1, 2, 1, 2]
+    assert torch.equal(to_heatmap(attr), torch.tensor([[[2.0, 0.0]]]))
+    assert torch.equal(to_heatmap(attr, sign="absolute"), torch.tensor([[[2.0, 2.0]]]))
+    assert torch.equal(to_heatmap((attr,), sign="all"), torch.tensor([[[2.0, -2.0]]]))
+    with pytest.raises(ValueError, match="sign"):
+        to_heatmap(attr, sign="bogus")
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        to_heatmap(torch.zeros(3))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 4), st.floats(0.1, 100), st.floats(-50, 50))
+def test_minmax_is_affine_invariant(n, scale, shift):
+    x = torch.rand(n, 5, 6, generator=torch.Generator().manual_seed(n))
+    ref = minmax_normalise(x)
+    assert torch.allclose(minmax_normalise(x * scale + shift), ref, atol=1e-4)
+    flat = ref.flatten(1)
+    assert torch.allclose(flat.min(1).values, torch.zeros(n))
+    assert torch.allclose(flat.max(1).values, torch.ones(n))
+
+
+def test_minmax_constant_map_is_zero_not_nan():
+    out = minmax_normalise(torch.full((2, 3, 3), 7.0))
+    assert torch.equal(out, torch.zeros(2, 3, 3))
+
+
+def test_resize_matches_captum_interpolate():
+    from captum.attr import LayerAttribution
+
+    maps = torch.rand(2, 3, 4, 5)
+    ours = resize_maps(maps, (16, 20))
+    theirs = LayerAttribution.interpolate(maps, (16, 20), interpolate_mode="bilinear")
+    assert torch.allclose(ours, theirs)
+
+
+def _between_class_variance(values: np.ndarray, threshold: float) -> float:
+    high = values > threshold
+    w = high.mean()
+    if w in (0.0, 1.0):
+        return 0.0
+    return w * (1 - w) * (values[high].mean() - values[~high].mean()) ** 2
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000))
+def test_otsu_is_as_good_as_scikit_image(seed):
+    # Binning conventions differ by a bin or two, so compare what Otsu
+    # optimises: the between-class variance of the split, measured exactly.
+    filters = pytest.importorskip("skimage.filters")
+    gen = torch.Generator().manual_seed(seed)
+    maps = torch.rand(2, 24, 24, generator=gen) ** 2
+    ours = otsu_threshold(maps)
+    for i in range(2):
+        values = maps[i].numpy().astype(np.float64)
+        theirs = filters.threshold_otsu(values, nbins=256)
+        assert abs(float(ours[i]) - theirs) <= 4 / 255
+        assert _between_class_variance(values, float(ours[i])) >= 0.99 * _between_class_variance(values, theirs)
+
+
+def test_otsu_separates_two_modes():
+    maps = torch.cat([torch.full((1, 50), 0.1), torch.full((1, 50), 0.9)], dim=1)
+    t = otsu_threshold(maps)
+    assert ((maps > t[:, None]).sum() == 50).item()
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)).mean((2, 3))
+
+
+def test_preserved_state_restores_flags_even_on_error():
+    model = _Tiny().train()
+    model.conv.weight.requires_grad_(False)
+    with pytest.raises(RuntimeError):
+        with preserved_model_state(model):
+            assert not model.training and not model.bn.training
+            for p in model.parameters():
+                p.requires_grad_(True)
+            raise RuntimeError("boom")
+    assert model.training and model.bn.training
+    assert not model.conv.weight.requires_grad and model.conv.bias.requires_grad
+
+
+def test_hookbag_removes_hooks():
+    model = _Tiny()
+    with HookBag() as bag:
+        bag.add(model.conv.register_forward_hook(lambda *a: None))
+        assert len(model.conv._forward_hooks) == 1
+    assert len(model.conv._forward_hooks) == 0
+
+
+def test_find_module_errors_name_the_argument():
+    model = _Tiny()
+    assert find_module(model, "conv") is model.conv
+    with pytest.raises(ValueError, match="layers"):
+        find_module(model, "nope", argument="layers")
+    with pytest.raises(ValueError, match="layer"):
+        find_module(model, nn.Conv2d(1, 1, 1))
+    with pytest.raises(TypeError, match="layer"):
+        find_module(model, 3)
+
+
+def test_compat_round_trips_like_captum():
+    x = torch.rand(2, 3)
+    assert _compat.format_output(_compat.is_tuple(x), _compat.format_inputs(x)) is x
+    tup = (x, x)
+    assert _compat.format_output(_compat.is_tuple(tup), _compat.format_inputs(tup)) == tup
+    out = _compat.run_forward(lambda a: a * 2, x, target=[0, 2])
+    assert torch.equal(out, torch.stack([x[0, 0] * 2, x[1, 2] * 2]))
+    assert _compat.expand_target([1, 2], 2) == [1, 2, 1, 2]
