@@ -1,0 +1,107 @@
+"""The attribution methods that the demo and the benchmark run side by side.
+
+Each entry is a factory ``build(model, example_input) -> explain`` where
+``explain(inputs, target) -> attribution`` follows Captum's shape rules
+(input-shaped ``[N, C, H, W]`` or a ``[N, 1, H, W]`` map). Keeping the
+line-up in one place means the demo's pictures and the benchmark's numbers
+come from exactly the same method settings.
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence
+
+import torch
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
+from torch import Tensor, nn
+
+from captum_global._model_state import find_module
+from captum_global.attr import SISE, InputAgnosticSaliency, select_sise_layers
+
+__all__ = ["MethodSpec", "LINEUP", "build_lineup", "last_spatial_layer"]
+
+Explain = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A named attribution recipe: ``build(model, example_input) -> explain``."""
+
+    name: str
+    build: Callable[[nn.Module, Tensor], Explain]
+    family: str  # "ours" or "captum"
+
+
+def last_spatial_layer(model: nn.Module, example_input: Tensor) -> nn.Module:
+    """The deepest block output with a spatial map: the usual Grad-CAM layer."""
+    return find_module(model, select_sise_layers(model, example_input[:1])[-1])
+
+
+def _sise(budget=None, batch: int = 64) -> Callable[[nn.Module, Tensor], Explain]:
+    def build(model: nn.Module, example_input: Tensor) -> Explain:
+        sise = SISE(model)
+        return lambda x, t: sise.attribute(x, target=t, max_maps_per_layer=budget, perturbations_per_eval=batch)
+
+    return build
+
+
+def _grad_cam(model: nn.Module, example_input: Tensor) -> Explain:
+    cam = LayerGradCam(model, last_spatial_layer(model, example_input))
+
+    def explain(x: Tensor, t: Tensor) -> Tensor:
+        layer_map = cam.attribute(x, target=t, relu_attributions=True)
+        return LayerAttribution.interpolate(layer_map, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+
+    return explain
+
+
+def _occlusion(model: nn.Module, example_input: Tensor) -> Explain:
+    # Window one eighth of the image side, stride half a window: the usual
+    # trade-off between resolution and the number of forward passes.
+    channels, height, width = example_input.shape[1:]
+    win = max(2, height // 8)
+    occ = Occlusion(model)
+    return lambda x, t: occ.attribute(
+        x, target=t, sliding_window_shapes=(channels, win, win), strides=(channels, win // 2, win // 2),
+        perturbations_per_eval=64,
+    )
+
+
+def _integrated_gradients(model: nn.Module, example_input: Tensor) -> Explain:
+    ig = IntegratedGradients(model)
+    return lambda x, t: ig.attribute(x, target=t, n_steps=32, internal_batch_size=64)
+
+
+def _input_agnostic(model: nn.Module, example_input: Tensor) -> Explain:
+    # The map depends on the class only, so each class is synthesised once
+    # and reused for every image of that class.
+    ias = InputAgnosticSaliency(model)
+    cache: Dict[int, Tensor] = {}
+
+    def explain(x: Tensor, t: Tensor) -> Tensor:
+        classes = [int(c) for c in torch.as_tensor(t).reshape(-1).expand(x.shape[0])]
+        missing = sorted(set(classes) - set(cache))
+        if missing:
+            maps = ias.attribute(x[: len(missing)], target=missing, seed=0)
+            cache.update({c: m for c, m in zip(missing, maps)})
+        return torch.stack([cache[c] for c in classes])
+
+    return explain
+
+
+LINEUP: List[MethodSpec] = [
+    MethodSpec("SISE", _sise(), "ours"),
+    MethodSpec("SISE (budget 25%)", _sise(budget=0.25), "ours"),
+    MethodSpec("Input-agnostic", _input_agnostic, "ours"),
+    MethodSpec("Grad-CAM", _grad_cam, "captum"),
+    MethodSpec("Occlusion", _occlusion, "captum"),
+    MethodSpec("Integrated Gradients", _integrated_gradients, "captum"),
+]
+
+
+def build_lineup(model: nn.Module, example_input: Tensor, names: Sequence[str] = ()) -> Dict[str, Explain]:
+    """Instantiate the named methods (all of them when ``names`` is empty)."""
+    known = {spec.name: spec for spec in LINEUP}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown method names {unknown}; expected some of {list(known)}")
+    chosen = [known[n] for n in names] if names else LINEUP
+    return {spec.name: spec.build(model, example_input) for spec in chosen}

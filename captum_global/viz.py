@@ -1,0 +1,158 @@
+"""Figures: explanation galleries, per-class maps and synthetic sets.
+
+Heat maps are drawn with Captum's own ``visualize_image_attr`` so that what
+the gallery shows is exactly what a Captum user would see for the same
+attribution. Every function returns a matplotlib ``Figure`` and never calls
+``plt.show``; the caller saves it.
+"""
+from typing import Dict, Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files; never open a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from captum.attr import visualization as captum_viz  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from captum_global._maps import to_heatmap  # noqa: E402
+
+__all__ = ["explanation_gallery", "class_map_grid", "synthetic_set_grid", "save"]
+
+
+def _hwc(image: Tensor) -> np.ndarray:
+    return image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
+    """Draw one heat map over its image with Captum's visualiser."""
+    attr = heatmap.detach().float().cpu()[..., None].numpy()
+    if float(np.abs(attr).max()) == 0.0:
+        # Captum's normaliser divides by the map's maximum: an all-zero map
+        # would become NaN, so show the plain image and say so.
+        ax.imshow(_hwc(image))
+        title = f"{title}\n(empty map)"
+    else:
+        captum_viz.visualize_image_attr(
+            attr, _hwc(image), method="blended_heat_map", sign="positive",
+            plt_fig_axis=(ax.figure, ax), use_pyplot=False, alpha_overlay=0.6,
+        )
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def _draw_box(ax, box: Sequence[int], color: str = "lime") -> None:
+    x0, y0, x1, y1 = (int(v) for v in box)
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.2))
+
+
+def explanation_gallery(
+    images: Tensor,
+    attributions: Mapping[str, Tensor],
+    boxes: Optional[Tensor] = None,
+    row_titles: Optional[Sequence[str]] = None,
+    scores: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
+    title: Optional[str] = None,
+):
+    """One row per image: the image (with its box), then one map per method.
+
+    Args:
+        images: ``[N, 3, H, W]`` in [0, 1].
+        attributions: method name -> attribution tensor following Captum's
+            shape rules (``[N, C, H, W]`` or ``[N, H, W]``).
+        boxes: optional ``[N, 4]`` ground-truth boxes ``(x0, y0, x1, y1)``.
+        row_titles: optional caption for each image (e.g. the class).
+        scores: optional method name -> metric name -> per-image values,
+            printed in the map titles.
+        title: optional figure title.
+    Returns:
+        matplotlib Figure.
+    """
+    n = images.shape[0]
+    names = list(attributions)
+    heatmaps = {name: to_heatmap(attr) for name, attr in attributions.items()}
+    fig, axes = plt.subplots(n, len(names) + 1, figsize=(1.9 * (len(names) + 1), 2.1 * n), squeeze=False)
+    for i in range(n):
+        ax = axes[i, 0]
+        ax.imshow(_hwc(images[i]))
+        if boxes is not None:
+            _draw_box(ax, boxes[i])
+        ax.set_title(row_titles[i] if row_titles else "input", fontsize=7)
+        ax.axis("off")
+        for j, name in enumerate(names):
+            caption = name
+            for metric, values in (scores or {}).get(name, {}).items():
+                caption += f"\n{metric} {float(values[i]):.2f}"
+            _overlay(axes[i, j + 1], images[i], heatmaps[name][i], caption)
+            if boxes is not None:
+                _draw_box(axes[i, j + 1], boxes[i])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def class_map_grid(
+    maps_by_model: Mapping[str, Tensor],
+    class_names: Sequence[str],
+    highlight: Optional[Tensor] = None,
+    title: Optional[str] = None,
+):
+    """One row per model, one column per class: input-agnostic class maps.
+
+    Args:
+        maps_by_model: model label -> ``[num_classes, C, H, W]`` maps.
+        class_names: column captions.
+        highlight: optional ``[H, W]`` bool region (e.g. a planted trigger)
+            outlined on every map.
+        title: optional figure title.
+    """
+    rows = list(maps_by_model)
+    fig, axes = plt.subplots(len(rows), len(class_names), figsize=(1.8 * len(class_names), 1.9 * len(rows)), squeeze=False)
+    for i, label in enumerate(rows):
+        heat = to_heatmap(maps_by_model[label], sign="absolute")
+        for j, cname in enumerate(class_names):
+            ax = axes[i, j]
+            ax.imshow(heat[j].detach().cpu().numpy(), cmap="inferno")
+            if highlight is not None:
+                ys, xs = torch.nonzero(highlight, as_tuple=True)
+                _draw_box(ax, (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), color="cyan")
+            ax.set_title(f"{label}\n{cname}" if j == 0 else cname, fontsize=7)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def synthetic_set_grid(images_by_class: Tensor, class_names: Sequence[str], title: Optional[str] = None):
+    """Synthetic sets: one row per class, one column per synthetic image.
+
+    Args:
+        images_by_class: ``[num_classes, n, 3, H, W]`` in [0, 1].
+        class_names: row captions.
+        title: optional figure title.
+    """
+    n_classes, per_class = images_by_class.shape[:2]
+    fig, axes = plt.subplots(n_classes, per_class, figsize=(1.6 * per_class + 0.6, 1.6 * n_classes), squeeze=False)
+    for c in range(n_classes):
+        for k in range(per_class):
+            ax = axes[c, k]
+            ax.imshow(_hwc(images_by_class[c, k]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_ylabel(class_names[c], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path) -> None:
+    """Write ``fig`` to ``path`` and release its memory."""
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
