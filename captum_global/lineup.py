@@ -9,12 +9,11 @@ come from exactly the same method settings.
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence
 
-import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
 from torch import Tensor, nn
 
 from captum_global._model_state import find_module
-from captum_global.attr import SISE, InputAgnosticSaliency, select_sise_layers
+from captum_global.attr import SISE, select_sise_layers
 
 __all__ = ["MethodSpec", "LINEUP", "build_lineup", "last_spatial_layer"]
 
@@ -70,27 +69,9 @@ def _integrated_gradients(model: nn.Module, example_input: Tensor) -> Explain:
     return lambda x, t: ig.attribute(x, target=t, n_steps=32, internal_batch_size=64)
 
 
-def _input_agnostic(model: nn.Module, example_input: Tensor) -> Explain:
-    # The map depends on the class only, so each class is synthesised once
-    # and reused for every image of that class.
-    ias = InputAgnosticSaliency(model)
-    cache: Dict[int, Tensor] = {}
-
-    def explain(x: Tensor, t: Tensor) -> Tensor:
-        classes = [int(c) for c in torch.as_tensor(t).reshape(-1).expand(x.shape[0])]
-        missing = sorted(set(classes) - set(cache))
-        if missing:
-            maps = ias.attribute(x[: len(missing)], target=missing, seed=0)
-            cache.update({c: m for c, m in zip(missing, maps)})
-        return torch.stack([cache[c] for c in classes])
-
-    return explain
-
-
 LINEUP: List[MethodSpec] = [
     MethodSpec("SISE", _sise(), "ours"),
     MethodSpec("SISE (budget 25%)", _sise(budget=0.25), "ours"),
-    MethodSpec("Input-agnostic", _input_agnostic, "ours"),
     MethodSpec("Grad-CAM", _grad_cam, "captum"),
     MethodSpec("Occlusion", _occlusion, "captum"),
     MethodSpec("Integrated Gradients", _integrated_gradients, "captum"),

@@ -38,7 +38,7 @@ def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
     else:
         captum_viz.visualize_image_attr(
             attr, _hwc(image), method="blended_heat_map", sign="positive",
-            plt_fig_axis=(ax.figure, ax), use_pyplot=False, alpha_overlay=0.6,
+            plt_fig_axis=(ax.figure, ax), use_pyplot=False, alpha_overlay=0.5, cmap="jet",
         )
     ax.set_title(title, fontsize=7)
     ax.axis("off")
