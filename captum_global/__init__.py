@@ -8,3 +8,15 @@ metrics in :mod:`captum_global.metrics`, the built-in reference world
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+from captum_global.attr import InputAgnosticSaliency  # noqa: E402
+
+__all__ += ["InputAgnosticSaliency"]
+
+from captum_global.attr import ClassWiseSynthesis, GradientMatchingSynthesis  # noqa: E402
+
+__all__ += ["ClassWiseSynthesis", "GradientMatchingSynthesis"]
+
+from captum_global.attr import SISE, select_sise_layers  # noqa: E402
+
+__all__ += ["SISE", "select_sise_layers"]

@@ -1,3 +1,27 @@
 """Evaluation metrics for attribution maps (ground truth, model truth, backdoor)."""
+from captum_global.metrics._forward import ForwardCounter
+from captum_global.metrics.backdoor import flag_anomalies, mad_anomaly_index, trigger_energy_share
+from captum_global.metrics.faithfulness import (
+    average_drop,
+    deletion_auc,
+    drop_and_increase,
+    increase_in_confidence,
+    insertion_auc,
+)
+from captum_global.metrics.localization import bbox_accuracy, boxes_to_masks, energy_pointing_game, miou
 
-__all__ = []
+__all__ = [
+    "energy_pointing_game",
+    "bbox_accuracy",
+    "miou",
+    "boxes_to_masks",
+    "drop_and_increase",
+    "average_drop",
+    "increase_in_confidence",
+    "insertion_auc",
+    "deletion_auc",
+    "trigger_energy_share",
+    "mad_anomaly_index",
+    "flag_anomalies",
+    "ForwardCounter",
+]

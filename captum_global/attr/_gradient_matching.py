@@ -1,0 +1,355 @@
+"""Gradient matching: the distance, and the per-class real-gradient targets.
+
+Private helper of :mod:`captum_global.attr.classwise`. Two pieces live here
+so they can be tested on their own:
+
+- :func:`gradient_distance`, the layer-wise distance of dataset condensation
+  by gradient matching (per output unit ``1 - cos`` of gradient rows,
+  summed; 1-D parameters such as biases and BatchNorm affines are left out);
+- :func:`stream_class_gradients`, one streaming pass over a dataset that
+  returns, for every requested class and every weight point (the model's
+  weights and optional checkpoints), the gradient of the *mean* training
+  loss over all examples of that class, all-reduced across processes.
+
+Gradients are taken with :func:`torch.func.functional_call` on detached
+copies of the weights, so the caller's parameters, their ``requires_grad``
+flags and their ``.grad`` fields are never touched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from captum_global._model_state import find_module
+
+__all__ = [
+    "DISTANCES",
+    "ClassGradients",
+    "gradient_distance",
+    "matched_parameter_names",
+    "weight_points",
+    "class_gradient",
+    "make_loader",
+    "split_batch",
+    "stream_class_gradients",
+]
+
+DISTANCES = ("cosine", "mse")
+# Keeps 0/0 rows finite. Far below the condensation paper's 1e-6: a trained,
+# confident model has weight-gradient rows of norm ~1e-4, where a 1e-6 guard
+# on the product of norms turns the cosine into a scaled dot product.
+_EPS = 1e-20
+
+WeightPoint = Dict[str, Tensor]
+
+
+def _rows(g: Tensor) -> Tensor:
+    """A weight gradient as one row per output unit (conv: out x in*kh*kw)."""
+    return g.reshape(g.shape[0], -1)
+
+
+def gradient_distance(g_syn: Sequence[Tensor], g_real: Sequence[Tensor], distance: str = "cosine") -> Tensor:
+    """Distance between two lists of weight gradients (same order and shapes).
+
+    ``"cosine"``: for every tensor and every output unit (row), ``1 - cos``
+    between the synthetic and real gradient rows, summed over rows and
+    tensors. ``"mse"``: sum of squared differences over all entries (the
+    condensation paper's "mse"). 1-D tensors contribute nothing to either.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    if len(g_syn) != len(g_real):
+        raise ValueError(f"got {len(g_syn)} synthetic and {len(g_real)} real gradients")
+    total = g_syn[0].new_zeros(())
+    for a, b in zip(g_syn, g_real):
+        if a.shape != b.shape:
+            raise ValueError(f"gradient shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+        if a.dim() < 2:
+            continue
+        a, b = _rows(a), _rows(b)
+        if distance == "cosine":
+            cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(_EPS)
+            total = total + (1 - cos).sum()
+        else:
+            total = total + ((a - b) ** 2).sum()
+    return total
+
+
+def matched_parameter_names(model: nn.Module, parameters) -> List[str]:
+    """Names of the weights (>= 2-D parameters) whose gradients are matched.
+
+    ``parameters`` is None (every weight of the model) or a list of
+    submodules / dotted submodule names, whose weights (recursively) are used.
+    """
+    if parameters is None:
+        names = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    else:
+        if isinstance(parameters, (str, nn.Module)):
+            parameters = [parameters]
+        prefix = {id(m): n for n, m in model.named_modules()}
+        names = []
+        for item in parameters:
+            module = find_module(model, item, argument="parameters")
+            base = prefix[id(module)]
+            for n, p in module.named_parameters():
+                full = f"{base}.{n}" if base else n
+                if p.dim() >= 2 and full not in names:
+                    names.append(full)
+    if not names:
+        raise ValueError(
+            "parameters selects no weight with two or more dimensions (biases and "
+            "BatchNorm affines are not matched); name modules with conv/linear weights"
+        )
+    return names
+
+
+def weight_points(model: nn.Module, checkpoints, device: torch.device) -> List[WeightPoint]:
+    """The weights (and buffers) at which gradients are taken: the model's own,
+    then each checkpoint (a state_dict or a path loaded with weights_only=True)."""
+    own = {n: t.detach() for n, t in model.named_parameters()}
+    own.update({n: t.detach() for n, t in model.named_buffers()})
+    points = [own]
+    for i, ckpt in enumerate(checkpoints or []):
+        if not isinstance(ckpt, dict):
+            ckpt = torch.load(ckpt, map_location=device, weights_only=True)
+            if not isinstance(ckpt, dict):
+                raise ValueError(f"checkpoints[{i}] does not hold a state_dict")
+        missing = [n for n in own if n not in ckpt]
+        if missing:
+            raise ValueError(
+                f"checkpoints[{i}] lacks entries of the model's state_dict, e.g. {missing[:3]}"
+            )
+        point = {}
+        for n, t in own.items():
+            if tuple(ckpt[n].shape) != tuple(t.shape):
+                raise ValueError(
+                    f"checkpoints[{i}][{n!r}] has shape {tuple(ckpt[n].shape)}, the model {tuple(t.shape)}"
+                )
+            point[n] = ckpt[n].detach().to(device=t.device, dtype=t.dtype)
+        points.append(point)
+    return points
+
+
+def class_gradient(
+    model: nn.Module,
+    point: WeightPoint,
+    names: Sequence[str],
+    inputs: Tensor,
+    label: int,
+    create_graph: bool = False,
+    reduction: str = "mean",
+) -> List[Tensor]:
+    """Gradient of the cross-entropy of ``inputs`` all labelled ``label``,
+    wrt the weights ``names`` at ``point`` (model assumed in eval mode)."""
+    weights = {n: point[n].detach().requires_grad_(True) for n in names}
+    state = dict(point)
+    state.update(weights)
+    logits = functional_call(model, state, (inputs,))
+    target = torch.full((inputs.shape[0],), label, dtype=torch.long, device=logits.device)
+    loss = F.cross_entropy(logits, target, reduction=reduction)
+    return list(torch.autograd.grad(loss, [weights[n] for n in names], create_graph=create_graph))
+
+
+def make_loader(data, batch_size: int) -> Tuple[DataLoader, Optional[Tensor]]:
+    """A loader over ``data`` and, for a Dataset, the global index of each
+    example it yields (under torch.distributed: this rank's shard, a strided
+    slice that neither pads nor drops, unlike DistributedSampler)."""
+    if isinstance(data, DataLoader):
+        return data, None
+    if not isinstance(data, Dataset):
+        raise TypeError(
+            f"data must be a torch Dataset yielding (input, label) or a DataLoader, "
+            f"got {type(data).__name__}"
+        )
+    n = len(data)
+    if n == 0:
+        raise ValueError("data is empty: the dataset has no examples")
+    rank, world = _rank_world()
+    index = torch.arange(rank, n, world)
+    return DataLoader(Subset(data, index.tolist()), batch_size=batch_size, shuffle=False), index
+
+
+def split_batch(batch) -> Tuple[Tensor, Tensor]:
+    """``(inputs, labels)`` of one batch, with a clear error when there are no labels."""
+    if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+        what = f"a {len(batch)}-sequence" if isinstance(batch, (list, tuple)) else type(batch).__name__
+        raise ValueError(f"data must yield (input, label) pairs; its batches are {what}")
+    x, y = batch
+    if not isinstance(x, Tensor):
+        raise ValueError(f"data must yield tensor inputs, got {type(x).__name__}")
+    y = torch.as_tensor(y)
+    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+        raise ValueError(
+            "data must yield integer class labels (one per input); got labels of "
+            f"shape {tuple(y.shape)} and dtype {y.dtype}"
+        )
+    return x, y.long()
+
+
+def _rank_world() -> Tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class ClassGradients:
+    """Fixed gradient targets of a gradient-matching synthesis.
+
+    Attributes:
+        classes: class ids, in the order of ``grads[k]``.
+        names: matched weight names, in the order of ``grads[k][c]``.
+        points: the weight points (model's own weights first, then checkpoints).
+        grads: ``grads[k][c]`` the gradient (list over ``names``) of the mean
+            cross-entropy over all real examples of ``classes[c]`` at point k.
+        counts: ``[C]`` real examples per class (over all processes).
+        num_outputs: the model's number of logits.
+        input_shape, dtype: shape (without batch) and dtype of one input.
+        real_examples: ``{class: [m, *input_shape]}`` kept real examples (for
+            ``init="real"``), a seeded random choice among the class.
+    """
+
+    classes: Tuple[int, ...]
+    names: List[str]
+    points: List[WeightPoint]
+    grads: List[List[List[Tensor]]]
+    counts: Tensor
+    num_outputs: int
+    input_shape: Tuple[int, ...]
+    dtype: torch.dtype
+    real_examples: Dict[int, Tensor] = field(default_factory=dict)
+
+
+def _keep_smallest(pool: List[Tuple[float, Tensor]], keys: Tensor, xs: Tensor, m: int) -> List:
+    """Reservoir by random keys: keep the ``m`` examples with the smallest keys."""
+    pool = pool + [(float(k), x) for k, x in zip(keys, xs)]
+    pool.sort(key=lambda kx: kx[0])
+    return pool[:m]
+
+
+def stream_class_gradients(
+    model: nn.Module,
+    data: Union[Dataset, DataLoader],
+    classes: Optional[Sequence[int]],
+    names: List[str],
+    points: List[WeightPoint],
+    batch_size: int = 256,
+    keep_real: int = 0,
+    seed: int = 0,
+    progress=None,
+) -> ClassGradients:
+    """One pass over ``data``: class-mean real gradients at every point.
+
+    The model is in eval mode (BatchNorm uses its running statistics), so the
+    loss of a batch is a sum of per-example terms and the gradient of the mean
+    loss over all class-c examples is exactly ``sum over batches of the
+    gradient of the summed class-c loss in the batch / count_c``. Sums are
+    accumulated in float64; under torch.distributed sums and counts are
+    all-reduced, so any number of processes gives the one-process target.
+    """
+    loader, index = make_loader(data, batch_size)
+    device = next(iter(points[0].values())).device
+    rank, world = _rank_world()
+    gen = torch.Generator().manual_seed(seed)
+    # One random key per global index: the kept real examples do not depend
+    # on the number of processes (a user DataLoader gets keys by position).
+    if index is not None:
+        global_keys = torch.rand(len(data), generator=gen)
+    else:
+        gen.manual_seed(seed + 7919 * rank)
+    sums = counts = None
+    pools: Dict[int, List] = {}
+    num_outputs = input_shape = dtype = None
+    seen = 0
+    for batch in loader:
+        x, y = split_batch(batch)
+        x, y = x.to(device), y.to(device)
+        if sums is None:
+            input_shape, dtype = tuple(x.shape[1:]), x.dtype
+            with torch.no_grad():
+                num_outputs = functional_call(model, points[0], (x[:1],)).shape[-1]
+            classes = tuple(range(num_outputs)) if classes is None else tuple(classes)
+            _validate_classes(classes, num_outputs)
+            sums = [[[torch.zeros(points[0][n].shape, dtype=torch.float64, device=device) for n in names]
+                     for _ in classes] for _ in points]
+            counts = torch.zeros(len(classes), dtype=torch.float64, device=device)
+        bad = (y < 0) | (y >= num_outputs)
+        if bool(bad.any()):
+            raise ValueError(
+                f"data holds label {int(y[bad][0])}, outside the model's {num_outputs} outputs"
+            )
+        if keep_real:
+            keys = global_keys[index[seen:seen + len(y)]] if index is not None else torch.rand(len(y), generator=gen)
+        seen += len(y)
+        for ci, c in enumerate(classes):
+            sel = y == c
+            n_c = int(sel.sum())
+            if n_c == 0:
+                continue
+            counts[ci] += n_c
+            for k, point in enumerate(points):
+                g = class_gradient(model, point, names, x[sel], c, reduction="sum")
+                for acc, gi in zip(sums[k][ci], g):
+                    acc += gi.double()
+            if keep_real:
+                pools[c] = _keep_smallest(pools.get(c, []), keys[sel.cpu()], x[sel].detach().cpu(), keep_real)
+        if progress is not None:
+            progress.update(1)
+    if sums is None:
+        raise ValueError("data is empty: the loader yielded no batches")
+    if world > 1:
+        _all_reduce(sums, counts)
+        if keep_real:
+            pools = _gather_pools(pools, keep_real)
+    empty = [c for ci, c in enumerate(classes) if counts[ci] == 0]
+    if empty:
+        raise ValueError(f"classes {empty} have no examples in data: nothing to match for them")
+    grads = [[[(acc / counts[ci]).to(points[0][n].dtype) for acc, n in zip(per_class, names)]
+              for ci, per_class in enumerate(per_point)] for per_point in sums]
+    real = {c: torch.stack([x for _, x in pool]) for c, pool in pools.items()}
+    return ClassGradients(classes, list(names), points, grads, counts.cpu().long(), num_outputs,
+                          input_shape, dtype, real)
+
+
+def _validate_classes(classes: Sequence[int], num_outputs: int) -> None:
+    if len(classes) == 0:
+        raise ValueError("classes must name at least one class")
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_outputs:
+            raise ValueError(
+                f"classes must hold integer class ids in [0, {num_outputs}) (the model's "
+                f"outputs), got {c!r}"
+            )
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes must not repeat a class id, got {list(classes)}")
+
+
+def _all_reduce(sums, counts: Tensor) -> None:
+    """Sum every gradient sum and the counts over processes in one call."""
+    flat = torch.cat([counts] + [acc.flatten() for per_point in sums for per_class in per_point
+                                 for acc in per_class])
+    torch.distributed.all_reduce(flat)
+    counts.copy_(flat[: counts.numel()])
+    offset = counts.numel()
+    for per_point in sums:
+        for per_class in per_point:
+            for acc in per_class:
+                acc.copy_(flat[offset: offset + acc.numel()].view_as(acc))
+                offset += acc.numel()
+
+
+def _gather_pools(pools: Dict[int, List], m: int) -> Dict[int, List]:
+    gathered: List[Optional[Dict[int, List]]] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, pools)
+    merged: Dict[int, List] = {}
+    for part in gathered:
+        for c, pool in part.items():
+            merged[c] = merged.get(c, []) + pool
+    return {c: sorted(pool, key=lambda kx: kx[0])[:m] for c, pool in merged.items()}

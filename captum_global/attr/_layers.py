@@ -1,0 +1,219 @@
+"""Find the block outputs of a CNN: one layer per spatial resolution.
+
+Multi-layer methods such as SISE read the model at the end of every
+convolutional block. We find those layers from one traced forward pass (no
+name patterns, so it works on models we have never seen):
+
+1. Hooks record, for every submodule call, when it starts and ends, its input
+   and output tensors and their spatial size ``(h, w)``.
+2. A *down-sampling* is a call whose spatial output is smaller than its
+   spatial input and that contains no smaller such call (a max-pool, a
+   strided convolution, or a block using ``F.max_pool2d`` inside).
+3. The layer picked for a down-sampling is the outermost module that returned
+   the tensor it reads (so ``layer1`` rather than ``layer1.1.relu`` in a
+   ResNet; for in-place activations the module that returned it last).
+4. Stage hoisting: when the down-sampling sits inside a larger module that
+   takes its input at the same resolution and does only point-wise work there
+   before down-sampling (1x1 convolutions, norms, activations: an
+   EfficientNet/MobileNet expansion, a ConvNeXt down-sampling LayerNorm, a
+   DenseNet transition), we pick the module feeding that stage instead: the
+   block output, not the first step of the next stage.
+5. The last block: the outermost module returning the last spatial output
+   (``> 1x1``), if a convolution runs at that resolution (so VGG's pooled
+   ``7x7`` maps, which no convolution produces, are not a block).
+
+Down-samplings that read the model input itself have no layer to pick.
+Outputs ``1x1`` (global pooling, squeeze-and-excitation branches) and 4-D
+tensors that are not ``[N, C, h, w]`` images (ConvNeXt's channels-last
+permutes) are ignored: a spatial output has ``h <= H``, ``w <= W`` and about
+the input's aspect ratio.
+"""
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from captum_global._compat import format_additional_forward_args, format_inputs
+from captum_global._model_state import HookBag, preserved_model_state
+
+__all__ = ["find_block_outputs", "select_sise_layers", "BlockOutput"]
+
+
+@dataclass
+class BlockOutput:
+    """One selected layer: dotted name, module and its output shape ``[C, h, w]``."""
+
+    name: str
+    module: nn.Module
+    shape: Tuple[int, ...]
+
+    def __iter__(self):  # lets callers unpack ``name, module, shape``
+        return iter((self.name, self.module, self.shape))
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    start: int
+    end: int = -1
+    inp: Optional[Tensor] = None
+    out: Optional[Tensor] = None
+    in_hw: Optional[Tuple[int, int]] = None
+    out_hw: Optional[Tuple[int, int]] = None
+
+    def contains(self, other: "_Call") -> bool:
+        return self.start < other.start and other.end < self.end
+
+
+def _spatial_hw(t: Any, image_hw: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+    if not isinstance(t, Tensor) or t.dim() != 4:
+        return None
+    h, w = int(t.shape[2]), int(t.shape[3])
+    H, W = image_hw
+    if h > H or w > W or h * w <= 1:
+        return None
+    # channels-last tensors read as (w, c): reject shapes far from the input's aspect ratio
+    if abs(h * W - w * H) > max(H, W) * 2:
+        return None
+    return h, w
+
+
+def _first_tensor(args: Any) -> Optional[Tensor]:
+    for a in args if isinstance(args, (tuple, list)) else (args,):
+        if isinstance(a, Tensor):
+            return a
+    return None
+
+
+def _is_spatial_conv(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.conv._ConvNd) and any(k > 1 for k in m.kernel_size)
+
+
+def _trace(model: nn.Module, inputs: Tuple[Tensor, ...], args: Optional[Tuple]) -> List[_Call]:
+    image_hw = (int(inputs[0].shape[-2]), int(inputs[0].shape[-1]))
+    calls: List[_Call] = []
+    clock = [0]
+    stack: List[_Call] = []
+
+    def pre(name):
+        def hook(module, args_):
+            clock[0] += 1
+            call = _Call(name, module, clock[0])
+            call.inp = _first_tensor(args_)
+            call.in_hw = _spatial_hw(call.inp, image_hw)
+            stack.append(call)
+
+        return hook
+
+    def post(module, args_, output):
+        clock[0] += 1
+        call = stack.pop()
+        call.end = clock[0]
+        call.out = output if isinstance(output, Tensor) else None
+        call.out_hw = _spatial_hw(output, image_hw)
+        calls.append(call)
+
+    with HookBag() as bag, preserved_model_state(model), torch.no_grad():
+        for name, m in model.named_modules():
+            if m is model:
+                continue
+            bag.add(m.register_forward_pre_hook(pre(name)))
+            bag.add(m.register_forward_hook(post))
+        model(*inputs, *(args or ()))
+    return calls
+
+
+def _producer(calls: List[_Call], tensor: Tensor) -> Optional[_Call]:
+    """The call that returned ``tensor`` last (outermost container or in-place op)."""
+    found = [c for c in calls if c.out is tensor]
+    return max(found, key=lambda c: c.end) if found else None
+
+
+def find_block_outputs(
+    model: nn.Module, example_input: Any, additional_forward_args: Any = None
+) -> List[BlockOutput]:
+    """The layer at the end of each convolutional block of ``model``.
+
+    Runs one forward pass on ``example_input`` (a ``[N, C, H, W]`` tensor or a
+    tuple of inputs; one example is enough) with hooks on every submodule; see
+    the module docstring for the rule. The model's ``training`` and
+    ``requires_grad`` flags are restored and no hook is left behind.
+
+    Args:
+        model: the network (an ``nn.Module``).
+        example_input: input with the spatial size the model will be explained at.
+        additional_forward_args: extra arguments to the forward call.
+
+    Returns:
+        list of :class:`BlockOutput` ``(name, module, shape)``, ordered from the
+        input to the output; ``shape`` is the output's ``[C, h, w]``.
+
+    Raises:
+        ValueError: when the model has no spatial layer at all.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module to find its layers, got {type(model).__name__}")
+    inputs = format_inputs(example_input)
+    if inputs[0].dim() != 4:
+        raise ValueError(
+            f"example_input must be an image batch [N, C, H, W], got shape {tuple(inputs[0].shape)}"
+        )
+    calls = _trace(model, inputs, format_additional_forward_args(additional_forward_args))
+    drops = [c for c in calls if c.in_hw and c.out_hw and c.out_hw[0] * c.out_hw[1] < c.in_hw[0] * c.in_hw[1]]
+    minimal = [d for d in drops if not any(d.contains(o) for o in drops)]
+    picks: List[_Call] = []
+    for d in sorted(minimal, key=lambda c: c.start):
+        pick = _producer(calls, d.inp)
+        # hoist out of stages that only do point-wise work before down-sampling
+        stages = [
+            s for s in calls
+            if s.contains(d) and s.in_hw == d.in_hw and s.inp is not None
+            and pick is not None and s.start < pick.start
+        ]
+        for s in sorted(stages, key=lambda c: c.start):
+            inner = [c for c in calls if s.contains(c) and c.end < d.start]
+            if not any(_is_spatial_conv(c.module) for c in inner):
+                pick = _producer(calls, s.inp)
+                break
+        if pick is not None and pick.out_hw is not None:
+            picks.append(pick)
+    spatial = [c for c in calls if c.out_hw is not None]
+    if spatial:
+        last = max(spatial, key=lambda c: c.end)
+        last = _producer(calls, last.out) or last
+        convs_there = [
+            c for c in calls
+            if isinstance(c.module, nn.modules.conv._ConvNd) and c.out_hw == last.out_hw
+        ]
+        if convs_there:
+            picks.append(last)
+    seen, result = set(), []
+    for p in sorted(picks, key=lambda c: c.end):
+        if p.name in seen:
+            continue
+        seen.add(p.name)
+        result.append(BlockOutput(p.name, p.module, tuple(int(s) for s in p.out.shape[1:])))
+    if not result:
+        raise ValueError(
+            "model has no spatial layer: no submodule returns an [N, C, h, w] map larger than 1x1 "
+            "for this example_input, so there are no block outputs to explain with"
+        )
+    return result
+
+
+def select_sise_layers(
+    model: nn.Module, example_input: Any, additional_forward_args: Any = None
+) -> List[str]:
+    """Dotted names of the layers SISE reads by default (one per block).
+
+    Examples::
+
+        >>> import torch, torchvision
+        >>> from captum_global.attr import select_sise_layers
+        >>> net = torchvision.models.resnet18()
+        >>> select_sise_layers(net, torch.zeros(1, 3, 64, 64))
+        ['relu', 'layer1', 'layer2', 'layer3', 'layer4']
+    """
+    return [b.name for b in find_block_outputs(model, example_input, additional_forward_args)]
