@@ -60,16 +60,46 @@ def random_real_sets(data, classes, n: int, draws: int, seed: int):
     return out
 
 
-def train_fresh(arch: str, images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int = 0):
-    """A freshly initialised model trained on ``images`` only (full batch, Adam)."""
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Label-preserving random views of shape images: flips, quarter turns,
+    channel permutation, colour inversion and circular shifts up to 12 px
+    (the class is the shape; colour, position and orientation are random)."""
+    n = x.shape[0]
+    for dim in (-1, -2):
+        x = torch.where((torch.rand(n, generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(dim), x)
+    x = torch.rot90(x, int(torch.randint(4, (1,), generator=gen)), (-2, -1))
+    perm = torch.stack([torch.randperm(3, generator=gen) for _ in range(n)])
+    x = torch.gather(x, 1, perm.view(n, 3, 1, 1).expand_as(x))
+    x = torch.where((torch.rand(n, generator=gen) < 0.5).view(-1, 1, 1, 1), 1 - x, x)
+    shifts = torch.randint(-12, 13, (n, 2), generator=gen).tolist()
+    return torch.stack([torch.roll(xi, (a, b), (-2, -1)) for xi, (a, b) in zip(x, shifts)])
+
+
+def train_fresh(arch: str, images: torch.Tensor, labels: torch.Tensor, args, seed: int = 0):
+    """A freshly initialised model trained on ``images`` only.
+
+    ``args.train_steps`` Adam steps (lr ``args.train_lr``, cosine decay) on
+    mini-batches of ``args.train_batch`` augmented views: a set smaller than
+    the batch is tiled (each copy a different view), so BatchNorm always sees
+    a full batch. Without augmentation a fresh model fitted 5-50 images and
+    stayed at chance on the test set (0.19-0.28, see docs/classwise.md).
+    """
     torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     model = build_model(arch)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=args.train_lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.train_steps)
     model.train()
-    for _ in range(steps):
+    batch = args.train_batch
+    for _ in range(args.train_steps):
+        if len(images) > batch:
+            idx = torch.randint(len(images), (batch,), generator=gen)
+        else:
+            idx = torch.arange(batch) % len(images)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
+        F.cross_entropy(model(augment(images[idx], gen)), labels[idx]).backward()
         opt.step()
+        schedule.step()
     return model.eval()
 
 
@@ -84,6 +114,9 @@ def clean_rows(arch, args, test):
     data = make_dataset(args.n_data, seed=args.seed)
     method = ClassWiseSynthesis(model)
     rg = method.real_class_gradients(data, batch_size=250, real_examples=max(args.ipc))
+    # The same recipe on every real example that was explained: the ceiling.
+    full_acc = accuracy(train_fresh(arch, data.images, data.labels, args), test)
+    print(dict(arch=arch, full_real_test_acc=full_acc), flush=True)
     rows = []
     for n in args.ipc:
         r = method.attribute(rg, images_per_class=n, init=args.init, iterations=args.iterations, seed=args.seed)
@@ -91,15 +124,21 @@ def clean_rows(arch, args, test):
         real_sets = random_real_sets(data, r.classes, n, args.draws, seed=args.seed + 1)
         real_d = torch.stack([method.matching_distance(s, rg).sum() for s in real_sets])
         labels = classes.repeat_interleave(n)
-        syn_acc = accuracy(train_fresh(arch, r.images.flatten(0, 1), labels, args.train_steps), test)
-        real_acc = accuracy(train_fresh(arch, real_sets[0].flatten(0, 1), labels, args.train_steps), test)
+        syn_acc = accuracy(train_fresh(arch, r.images.flatten(0, 1), labels, args), test)
+        real_acc = [accuracy(train_fresh(arch, s.flatten(0, 1), labels, args), test)
+                    for s in real_sets[:args.train_draws]]
+        init_acc = None
+        if args.init == "real":  # the real images the synthesis started from, unchanged
+            init_acc = accuracy(train_fresh(arch, r.initial_images.flatten(0, 1), labels, args), test)
         rows.append(dict(
             arch=arch, images_per_class=n, init=args.init, iterations=args.iterations,
             agreement=float((r.predictions == classes.view(-1, 1)).float().mean()),
             confidence_mean=float(r.confidence.mean()), confidence_min=float(r.confidence.min()),
             distance_initial=float(r.initial_distance.sum()), distance_final=float(r.final_distance.sum()),
             distance_real_subsets=float(real_d.mean()), distance_real_subsets_min=float(real_d.min()),
-            condensed_test_acc=syn_acc, random_real_test_acc=real_acc,
+            condensed_test_acc=syn_acc, init_real_test_acc=init_acc,
+            random_real_test_acc=sum(real_acc) / len(real_acc), random_real_test_accs=real_acc,
+            full_real_test_acc=full_acc,
         ))
         print(rows[-1], flush=True)
     return rows
@@ -139,20 +178,26 @@ def write(results, seconds, args):
         + f"` ({seconds:.0f} s, 1 CPU thread).", "",
         "## Agreement, matching distance, condensation (clean models)", "",
         "| arch | n/class | agreement | conf. mean (min) | distance init -> final | real subsets (best) "
-        "| fresh model on S: test acc | on random real: test acc |",
-        "|---|---|---|---|---|---|---|---|",
+        "| test acc of a fresh model trained on: S | its real init | random real (draws) | all real |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["clean"]:
+        init = "-" if r["init_real_test_acc"] is None else f"{r['init_real_test_acc']:.3f}"
+        draws = ", ".join(f"{a:.3f}" for a in r["random_real_test_accs"])
         lines.append(
             f"| {r['arch']} | {r['images_per_class']} | {r['agreement']:.2f} | {r['confidence_mean']:.3f} "
             f"({r['confidence_min']:.3f}) | {r['distance_initial']:.0f} -> {r['distance_final']:.0f} | "
             f"{r['distance_real_subsets']:.0f} ({r['distance_real_subsets_min']:.0f}) | "
-            f"{r['condensed_test_acc']:.3f} | {r['random_real_test_acc']:.3f} |")
-    lines += ["", "Chance is 0.20. Distances are summed over the 5 classes.", "",
+            f"{r['condensed_test_acc']:.3f} | {init} | {r['random_real_test_acc']:.3f} ({draws}) | "
+            f"{r['full_real_test_acc']:.3f} |")
+    lines += ["", "Chance is 0.20. Distances are summed over the 5 classes. The fresh model: same "
+              "architecture, freshly initialised, trained with the augmented recipe of `train_fresh` "
+              f"({args.train_steps} Adam steps, batch {args.train_batch}, lr {args.train_lr}); "
+              f"'all real' is the same recipe on all {args.n_data} explained examples.", "",
               "## Backdoor: share of |S - S_init| on the trigger", "",
               "| arch | trigger | target class | others: mean (max) | trigger area | agreement |",
               "|---|---|---|---|---|---|"]
-    for r in results["backdoor"]:
+    for r in results["backdoor"] if args.backdoor else []:
         lines.append(
             f"| {r['arch']} | {r['variant']} | {r['target_share']:.3f} | {r['other_share_mean']:.3f} "
             f"({r['other_share_max']:.3f}) | {r['trigger_area_share']:.3f} | {r['agreement']:.2f} |")
@@ -167,8 +212,12 @@ def main(argv=None) -> None:
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--init", default="real", choices=["noise", "real"])
-    parser.add_argument("--train-steps", type=int, default=100)
-    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=150, help="steps of the fresh model's training")
+    parser.add_argument("--train-batch", type=int, default=50)
+    parser.add_argument("--train-lr", type=float, default=1e-3)
+    parser.add_argument("--draws", type=int, default=3, help="random real subsets for the matching distance")
+    parser.add_argument("--train-draws", type=int, default=2, help="of which a fresh model is trained on")
+    parser.add_argument("--backdoor", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default="classwise", help="stem of the files under benchmarks/results")
     args = parser.parse_args(argv)
@@ -178,7 +227,8 @@ def main(argv=None) -> None:
     results = dict(clean=[], backdoor=[])
     for arch in args.archs:
         results["clean"] += clean_rows(arch, args, test)
-        results["backdoor"] += backdoor_rows(arch, args)
+        if args.backdoor:
+            results["backdoor"] += backdoor_rows(arch, args)
     seconds = time.perf_counter() - start
     write(results, round(seconds, 1), args)
     print(f"classwise fidelity: {seconds:.0f} s", flush=True)
