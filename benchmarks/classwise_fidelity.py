@@ -152,14 +152,15 @@ def backdoor_rows(arch, args):
         trigger = reference_trigger(variant)
         data = poison_dataset(make_dataset(args.n_data, seed=args.seed), trigger, target, 0.1, args.seed)
         r = ClassWiseSynthesis(model).attribute(data, images_per_class=1, init=args.init,
-                                                iterations=args.iterations, seed=args.seed)
+                                                iterations=args.iterations, seed=args.seed,
+                                                parameters=args.backdoor_parameters)
         change = (r.images - r.initial_images).abs().sum(2)  # [C, n, H, W]
         mask = trigger.mask(*change.shape[-2:])
         share = trigger_energy_share(change.flatten(0, 1), mask, normalize=False).view(change.shape[:2]).mean(1)
         t = r.classes.index(target)
         others = torch.cat([share[:t], share[t + 1:]])
         rows.append(dict(
-            arch=arch, variant=variant, target_class=target, trigger_area_share=float(mask.float().mean()),
+            arch=arch, variant=variant, target_class=target, parameters=args.backdoor_parameters or "all", trigger_area_share=float(mask.float().mean()),
             target_share=float(share[t]), other_share_mean=float(others.mean()),
             other_share_max=float(others.max()), agreement=float((r.predictions.flatten() == torch.tensor(r.classes)).float().mean()),
         ))
@@ -181,7 +182,7 @@ def write(results, seconds, args):
         "| test acc of a fresh model trained on: S | its real init | random real (draws) | all real |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["clean"]:
+    for r in results["clean"] if args.clean else []:
         init = "-" if r["init_real_test_acc"] is None else f"{r['init_real_test_acc']:.3f}"
         draws = ", ".join(f"{a:.3f}" for a in r["random_real_test_accs"])
         lines.append(
@@ -195,11 +196,11 @@ def write(results, seconds, args):
               f"({args.train_steps} Adam steps, batch {args.train_batch}, lr {args.train_lr}); "
               f"'all real' is the same recipe on all {args.n_data} explained examples.", "",
               "## Backdoor: share of |S - S_init| on the trigger", "",
-              "| arch | trigger | target class | others: mean (max) | trigger area | agreement |",
-              "|---|---|---|---|---|---|"]
+              "| arch | trigger | matched weights | target class | others: mean (max) | trigger area | agreement |",
+              "|---|---|---|---|---|---|---|"]
     for r in results["backdoor"] if args.backdoor else []:
         lines.append(
-            f"| {r['arch']} | {r['variant']} | {r['target_share']:.3f} | {r['other_share_mean']:.3f} "
+            f"| {r['arch']} | {r['variant']} | {' '.join(r['parameters']) if isinstance(r['parameters'], list) else r['parameters']} | {r['target_share']:.3f} | {r['other_share_mean']:.3f} "
             f"({r['other_share_max']:.3f}) | {r['trigger_area_share']:.3f} | {r['agreement']:.2f} |")
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
 
@@ -217,7 +218,11 @@ def main(argv=None) -> None:
     parser.add_argument("--train-lr", type=float, default=1e-3)
     parser.add_argument("--draws", type=int, default=3, help="random real subsets for the matching distance")
     parser.add_argument("--train-draws", type=int, default=2, help="of which a fresh model is trained on")
+    parser.add_argument("--clean", action=argparse.BooleanOptionalAction, default=True,
+                        help="agreement, matching distance and condensation on the clean models")
     parser.add_argument("--backdoor", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--backdoor-parameters", nargs="+", default=None,
+                        help="submodules whose weight gradients are matched on the backdoored models")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default="classwise", help="stem of the files under benchmarks/results")
     args = parser.parse_args(argv)
@@ -226,7 +231,8 @@ def main(argv=None) -> None:
     test = make_dataset(args.n_test, seed=args.seed + 1000)
     results = dict(clean=[], backdoor=[])
     for arch in args.archs:
-        results["clean"] += clean_rows(arch, args, test)
+        if args.clean:
+            results["clean"] += clean_rows(arch, args, test)
         if args.backdoor:
             results["backdoor"] += backdoor_rows(arch, args)
     seconds = time.perf_counter() - start

@@ -187,7 +187,8 @@ def merge_results(paths: Sequence[str], out: str, name: str) -> Dict[str, object
     merged = dict(parts[0])
     merged["command"] = " ; ".join(p["command"] for p in parts)
     merged["parts"] = [{"file": str(p), "command": r["command"], "total_seconds": r["total_seconds"],
-                        "complete": r.get("complete", True)} for p, r in zip(paths, parts)]
+                        "settings": r["settings"], "complete": r.get("complete", True)}
+                       for p, r in zip(paths, parts)]
     merged["rows"] = [row for r in parts for row in r["rows"]]
     merged["workloads"] = {k: v for r in parts for k, v in r["workloads"].items()}
     merged["total_seconds"] = sum(r["total_seconds"] for r in parts)
@@ -204,23 +205,31 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def _settings_text(s: Dict[str, object]) -> str:
+    return (f"{s['n_images']} images per model, batch size {s['batch_size']}, insertion/deletion {s['n_steps']} "
+            f"steps (insertion from blur, deletion to 0), RISE {s['rise_masks']} masks")
+
+
 def to_markdown(result: Dict[str, object]) -> str:
     """The result dict as a Markdown report (one table per model)."""
-    m, s = result["machine"], result["settings"]
-    lines = ["# Attribution benchmark", "", f"Command: `{result['command']}`", "",
-             *([f"Parts (run one after another or side by side): "
-                + "; ".join(f"`{p['command']}` ({p['total_seconds']:.0f} s)" for p in result["parts"]), ""]
-               if "parts" in result else []),
-             *(["**Incomplete run: the table holds the rows measured before it stopped.**", ""]
-               if not result.get("complete", True) else []),
-             f"Total run time: {result['total_seconds']:.1f} s. Machine: torch {m['torch']}, "
-             f"{m['torch_threads']} threads, device {m['device']}, {m['platform']}.", "",
-             f"Settings: {s['n_images']} images per model, batch size {s['batch_size']}, insertion/deletion "
-             f"{s['n_steps']} steps (insertion from blur, deletion to 0), RISE {s['rise_masks']} masks.", "",
-             "Columns: EBPG, bbox accuracy, mIoU (threshold 0.5) against object masks; Drop % and Increase % "
-             "(Grad-CAM++); insertion/deletion AUC of the softmax probability; seconds per image; time vs one "
-             "no-grad forward pass at the same batch size; model evaluations (examples forwarded) per image; "
-             "peak memory (MB) above the start.", ""]
+    m = result["machine"]
+    lines = ["# Attribution benchmark", ""]
+    if "parts" in result:
+        lines += ["Merged from runs made one after another or side by side:", ""]
+        lines += [f"- `{p['command']}`: {p['total_seconds']:.0f} s; {_settings_text(p['settings'])}"
+                  + ("" if p.get("complete", True) else " (incomplete)") for p in result["parts"]]
+        lines += ["", f"Sum of the parts' run times: {result['total_seconds']:.1f} s."]
+    else:
+        lines += [f"Command: `{result['command']}`", "", f"Total run time: {result['total_seconds']:.1f} s.",
+                  "", f"Settings: {_settings_text(result['settings'])}."]
+    if not result.get("complete", True):
+        lines += ["", "**Incomplete run: the table holds the rows measured before it stopped.**"]
+    lines += ["", f"Machine: torch {m['torch']}, {m['torch_threads']} threads, device {m['device']}, "
+              f"{m['platform']}.", "",
+              "Columns: EBPG, bbox accuracy, mIoU (threshold 0.5) against object masks; Drop % and Increase % "
+              "(Grad-CAM++); insertion/deletion AUC of the softmax probability; seconds per image; time vs one "
+              "no-grad forward pass at the same batch size; model evaluations (examples forwarded) per image; "
+              "peak memory (MB) above the start.", ""]
     header = [c + (" " + _HIGHER[c] if c in _HIGHER else "") for c in COLUMNS[1:]]
     for model, facts in result["workloads"].items():
         lines += [f"## {model}", "", ", ".join(f"{k}: {_fmt(v)}" for k, v in facts.items()), "",

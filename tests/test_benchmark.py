@@ -7,6 +7,7 @@ import torch
 from benchmarks import COLUMNS, LayerInfo, available, register, run_benchmark
 from benchmarks.methods import grid_feature_mask, pick_cam_layer
 from benchmarks.rise import RISE
+from benchmarks.run import merge_results
 from benchmarks.workloads import Workload
 
 
@@ -40,6 +41,10 @@ def test_run_writes_table_with_positive_costs(tmp_path):
     assert saved["rows"][0]["method"] == "saliency" and saved["total_seconds"] > 0
     md = (tmp_path / "smoke.md").read_text()
     assert "| saliency |" in md and "Total run time" in md
+    merged = merge_results([str(tmp_path / "smoke.json")] * 2, str(tmp_path), "merged")
+    assert len(merged["rows"]) == 6 and len(merged["parts"]) == 2
+    assert merged["total_seconds"] == pytest.approx(2 * result["total_seconds"])
+    assert "Sum of the parts' run times" in (tmp_path / "merged.md").read_text()
 
 
 def test_registry_refuses_duplicates_and_unknown_methods():
