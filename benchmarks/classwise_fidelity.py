@@ -7,9 +7,11 @@ Measures, for each reference architecture:
 - matching: the gradient-matching distance at initialisation, at the end,
   and of random real subsets of the same size (mean of ``--draws`` draws);
 - condensation: a freshly initialised copy of the architecture trained only
-  on the synthetic sets (1 and 10 images per class) and evaluated on a
-  held-out real test set, against the same training on a random real subset
-  of the same size (chance is 20%);
+  on the synthetic sets (1 and 10 images per class) with an augmented
+  recipe (``train_fresh``) and evaluated on a held-out real test set,
+  against the same training on the real images the synthesis started from,
+  on random real subsets of the same size, and on all explained examples
+  (chance is 20%);
 - backdoor: on the backdoored models (patch and blended triggers), the share
   of ``|S - S_init|`` (summed over channels) that lies on the trigger region,
   for the target class vs the other classes (the trigger's area share is the
@@ -17,7 +19,10 @@ Measures, for each reference architecture:
 
 Writes ``benchmarks/results/classwise.{md,json}``. Run::
 
-    .venv/bin/python benchmarks/classwise_fidelity.py
+    .venv/bin/python benchmarks/classwise_fidelity.py --archs vgg
+
+(700 s on the loaded shared machine; ``--no-clean`` / ``--no-backdoor``
+run one half, ``--backdoor-parameters fc`` matches only those weights.)
 
 The run uses one CPU thread: double backward through small convolutions is
 dominated by thread hand-offs, and one thread was ~8x faster than two on the
@@ -168,40 +173,54 @@ def backdoor_rows(arch, args):
     return rows
 
 
+def command_line(args) -> str:
+    """The command that reproduces a run with these ``args``."""
+    words = []
+    for k, v in vars(args).items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            words.append(flag if v else "--no-" + flag[2:])
+        elif isinstance(v, list):
+            words.append(f"{flag} {' '.join(map(str, v))}")
+        elif v is not None:
+            words.append(f"{flag} {v}")
+    return ".venv/bin/python benchmarks/classwise_fidelity.py " + " ".join(words)
+
+
 def write(results, seconds, args):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(dict(args=vars(args), seconds=seconds, **results), indent=2))
-    lines = [
-        "# ClassWiseSynthesis fidelity", "",
-        "Command: `.venv/bin/python benchmarks/classwise_fidelity.py "
-        + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                   for k, v in vars(args).items())
-        + f"` ({seconds:.0f} s, 1 CPU thread).", "",
-        "## Agreement, matching distance, condensation (clean models)", "",
-        "| arch | n/class | agreement | conf. mean (min) | distance init -> final | real subsets (best) "
-        "| test acc of a fresh model trained on: S | its real init | random real (draws) | all real |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["clean"] if args.clean else []:
-        init = "-" if r["init_real_test_acc"] is None else f"{r['init_real_test_acc']:.3f}"
-        draws = ", ".join(f"{a:.3f}" for a in r["random_real_test_accs"])
-        lines.append(
-            f"| {r['arch']} | {r['images_per_class']} | {r['agreement']:.2f} | {r['confidence_mean']:.3f} "
-            f"({r['confidence_min']:.3f}) | {r['distance_initial']:.0f} -> {r['distance_final']:.0f} | "
-            f"{r['distance_real_subsets']:.0f} ({r['distance_real_subsets_min']:.0f}) | "
-            f"{r['condensed_test_acc']:.3f} | {init} | {r['random_real_test_acc']:.3f} ({draws}) | "
-            f"{r['full_real_test_acc']:.3f} |")
-    lines += ["", "Chance is 0.20. Distances are summed over the 5 classes. The fresh model: same "
-              "architecture, freshly initialised, trained with the augmented recipe of `train_fresh` "
-              f"({args.train_steps} Adam steps, batch {args.train_batch}, lr {args.train_lr}); "
-              f"'all real' is the same recipe on all {args.n_data} explained examples.", "",
-              "## Backdoor: share of |S - S_init| on the trigger", "",
-              "| arch | trigger | matched weights | target class | others: mean (max) | trigger area | agreement |",
-              "|---|---|---|---|---|---|---|"]
-    for r in results["backdoor"] if args.backdoor else []:
-        lines.append(
-            f"| {r['arch']} | {r['variant']} | {' '.join(r['parameters']) if isinstance(r['parameters'], list) else r['parameters']} | {r['target_share']:.3f} | {r['other_share_mean']:.3f} "
-            f"({r['other_share_max']:.3f}) | {r['trigger_area_share']:.3f} | {r['agreement']:.2f} |")
+    lines = ["# ClassWiseSynthesis fidelity", "",
+             f"Command: `{command_line(args)}` ({seconds:.0f} s, 1 CPU thread).", ""]
+    if args.clean:
+        lines += [
+            "## Agreement, matching distance, condensation (clean models)", "",
+            "| arch | n/class | agreement | conf. mean (min) | distance init -> final | real subsets (best) "
+            "| test acc of a fresh model trained on: S | its real init | random real (draws) | all real |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["clean"]:
+            init = "-" if r["init_real_test_acc"] is None else f"{r['init_real_test_acc']:.3f}"
+            draws = ", ".join(f"{a:.3f}" for a in r["random_real_test_accs"])
+            lines.append(
+                f"| {r['arch']} | {r['images_per_class']} | {r['agreement']:.2f} | {r['confidence_mean']:.3f} "
+                f"({r['confidence_min']:.3f}) | {r['distance_initial']:.0f} -> {r['distance_final']:.0f} | "
+                f"{r['distance_real_subsets']:.0f} ({r['distance_real_subsets_min']:.0f}) | "
+                f"{r['condensed_test_acc']:.3f} | {init} | {r['random_real_test_acc']:.3f} ({draws}) | "
+                f"{r['full_real_test_acc']:.3f} |")
+        lines += ["", "Chance is 0.20. Distances are summed over the 5 classes. The fresh model: same "
+                  "architecture, freshly initialised, trained with the augmented recipe of `train_fresh` "
+                  f"({args.train_steps} Adam steps, batch {args.train_batch}, lr {args.train_lr}); "
+                  f"'all real' is the same recipe on all {args.n_data} explained examples.", ""]
+    if args.backdoor:
+        lines += ["## Backdoor: share of |S - S_init| on the trigger", "",
+                  "| arch | trigger | matched weights | target class | others: mean (max) | trigger area | agreement |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in results["backdoor"]:
+            params = " ".join(r["parameters"]) if isinstance(r["parameters"], list) else r["parameters"]
+            lines.append(
+                f"| {r['arch']} | {r['variant']} | {params} | {r['target_share']:.3f} | {r['other_share_mean']:.3f} "
+                f"({r['other_share_max']:.3f}) | {r['trigger_area_share']:.3f} | {r['agreement']:.2f} |")
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
 
 
