@@ -6,45 +6,44 @@ layer_info)`` returns a callable ``(inputs, target) -> attributions`` giving
 The benchmark builds every method afresh per model, so a factory may close
 over the model and the layer.
 
-Baselines (Captum and the peers users choose instead of us):
+The methods that the package's demo also shows come from its line-up
+(:data:`captum_global.lineup.LINEUP`, built from ``(model, example_input)``),
+so the demo's pictures and these numbers use identical settings:
 
-- ``saliency``: Captum ``Saliency`` (absolute gradient).
+- ``sise``, ``sise_budget``: ``SISE`` with every surviving map / with
+  ``max_maps_per_layer=0.25``.
+- ``gradcam``: Captum ``LayerGradCam`` on the last spatial block, ReLU on,
+  upsampled bilinearly with ``LayerAttribution.interpolate``.
+- ``occlusion``: Captum ``Occlusion``, black square window of 1/8 of the
+  image side, stride half the window, all channels at once.
 - ``integrated_gradients``: Captum ``IntegratedGradients``, black baseline,
   50 steps (Captum's default).
-- ``gradcam``: Captum ``LayerGradCam`` on the CAM layer, ReLU on, upsampled
-  bilinearly to the input with ``LayerAttribution.interpolate``.
-- ``occlusion``: Captum ``Occlusion``, black square window of 1/8 of the
-  image side (8 px at 64 px, 28 px at 224 px), stride half the window, all
-  channels at once.
+
+Peers that the demo does not show stay here:
+
+- ``saliency``: Captum ``Saliency`` (absolute gradient).
 - ``feature_ablation``: Captum ``FeatureAblation`` on an 8 x 8 grid of cells
   (64 features), ablated to black.
 - ``scorecam``, ``gradcam++``: ``ScoreCAM`` / ``GradCAMPlusPlus`` from the
-  ``grad-cam`` package (``pytorch_grad_cam``) on the CAM layer, targets via
-  ``ClassifierOutputTarget``; they return numpy ``[N, H, W]``.
+  ``grad-cam`` package (``pytorch_grad_cam``) on the same layer as
+  ``gradcam``, targets via ``ClassifierOutputTarget``.
 - ``rise``: :class:`benchmarks.rise.RISE`, our baseline implementation with
   the paper's defaults (4000 masks, s = 7, p1 = 0.5); ``layer_info.options
-  ["rise_masks"]`` lowers the count for quick runs.
-
-captum_global's own methods (``sise``, ``input_agnostic``) register below
-when ``captum_global.attr`` provides them.
+  ["rise_masks"]`` lowers the count.
+- ``input_agnostic``: ``captum_global.attr.InputAgnosticSaliency`` when the
+  package provides it.
 """
 import contextlib
 import io
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from captum.attr import (
-    FeatureAblation,
-    IntegratedGradients,
-    LayerAttribution,
-    LayerGradCam,
-    Occlusion,
-    Saliency,
-)
+from captum.attr import FeatureAblation, Saliency
 from torch import Tensor, nn
 
 from benchmarks.rise import RISE
+from captum_global.lineup import LINEUP, last_spatial_layer
 
 __all__ = ["LayerInfo", "register", "available", "get_factory", "BASELINES", "pick_cam_layer", "grid_feature_mask"]
 
@@ -62,6 +61,8 @@ class LayerInfo:
         image_size: ``(H, W)`` of the inputs.
         batch_size: examples (or perturbed inputs) per model call.
         options: method settings, e.g. ``{"rise_masks": 500}``.
+        example: an input batch ``[n, C, H, W]``, which the line-up's
+            builders need (they raise a ValueError when it is None).
     """
 
     name: str
@@ -69,6 +70,7 @@ class LayerInfo:
     image_size: Tuple[int, int]
     batch_size: int = 32
     options: Dict[str, Any] = field(default_factory=dict)
+    example: Optional[Tensor] = None
 
 
 _REGISTRY: Dict[str, Factory] = {}
@@ -93,36 +95,9 @@ def get_factory(name: str) -> Factory:
 
 
 def pick_cam_layer(model: nn.Module, example: Tensor) -> Tuple[str, nn.Module]:
-    """The last spatial block of ``model``: where CAM methods read it.
-
-    Uses SISE's block discovery (``captum_global.attr._layers``) when it is
-    available; otherwise the last leaf module whose output is a spatial map
-    (``[N, C, h, w]``, h, w > 1) in one traced forward pass.
-    """
-    try:
-        from captum_global.attr._layers import find_block_outputs
-    except ImportError:
-        find_block_outputs = None
-    if find_block_outputs is not None:
-        last = find_block_outputs(model, example[:1])[-1]
-        return last.name, last.module
-    seen: List[Tuple[str, nn.Module]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if name and not list(module.children()):
-            def hook(mod, args, out, name=name):
-                if isinstance(out, Tensor) and out.dim() == 4 and min(out.shape[-2:]) > 1:
-                    seen.append((name, mod))
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    if not seen:
-        raise ValueError("model has no layer with a spatial [N, C, h, w] output for CAM methods")
-    return seen[-1]
+    """``(name, module)`` of the line-up's CAM layer (:func:`captum_global.lineup.last_spatial_layer`)."""
+    layer = last_spatial_layer(model, example)
+    return next(name for name, module in model.named_modules() if module is layer), layer
 
 
 def grid_feature_mask(height: int, width: int, cells: int = 8) -> Tensor:
@@ -137,32 +112,15 @@ def _saliency(model, info):
     return lambda x, t: method.attribute(x, target=t, abs=True)
 
 
-def _integrated_gradients(model, info):
-    method = IntegratedGradients(model)
-    return lambda x, t: method.attribute(x, target=t, n_steps=50, internal_batch_size=info.batch_size)
+def _from_lineup(spec_name: str) -> Factory:
+    build = {spec.name: spec.build for spec in LINEUP}[spec_name]
 
+    def factory(model, info):
+        if info.example is None:
+            raise ValueError(f"{spec_name} is built from an example input: LayerInfo.example is None")
+        return build(model, info.example)
 
-def _gradcam(model, info):
-    method = LayerGradCam(model, info.layer)
-
-    def explain(x, t):
-        cam = method.attribute(x, target=t, relu_attributions=True)
-        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-
-    return explain
-
-
-def _occlusion(model, info):
-    method = Occlusion(model)
-
-    def explain(x, t):
-        side = max(1, round(x.shape[-1] / 8))
-        stride = max(1, side // 2)
-        c = x.shape[1]
-        return method.attribute(x, target=t, sliding_window_shapes=(c, side, side), strides=(c, stride, stride),
-                                baselines=0, perturbations_per_eval=max(1, info.batch_size // x.shape[0]))
-
-    return explain
+    return factory
 
 
 def _feature_ablation(model, info):
@@ -204,27 +162,18 @@ def _rise(model, info):
 
 
 register("saliency", _saliency)
-register("integrated_gradients", _integrated_gradients)
-register("gradcam", _gradcam)
+register("integrated_gradients", _from_lineup("Integrated Gradients"))
+register("gradcam", _from_lineup("Grad-CAM"))
 register("gradcam++", _grad_cam_package("GradCAMPlusPlus"))
 register("scorecam", _grad_cam_package("ScoreCAM"))
-register("occlusion", _occlusion)
+register("occlusion", _from_lineup("Occlusion"))
 register("feature_ablation", _feature_ablation)
 register("rise", _rise)
 
 BASELINES: Tuple[str, ...] = tuple(available())
 
-# captum_global's own methods join when the package provides them.
-try:
-    from captum_global.attr import SISE
-
-    def _sise(model, info):
-        method = SISE(model)
-        return lambda x, t: method.attribute(x, target=t, perturbations_per_eval=info.batch_size)
-
-    register("sise", _sise)
-except ImportError:
-    pass
+register("sise", _from_lineup("SISE"))
+register("sise_budget", _from_lineup("SISE (budget 25%)"))
 
 try:
     from captum_global.attr import InputAgnosticSaliency

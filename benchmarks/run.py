@@ -97,7 +97,7 @@ def run_benchmark(models: Sequence[str] = ("vgg", "resnet"), methods: Sequence[s
                   n_images: int = 32, batch_size: int = 16, quick: bool = False, n_steps: Optional[int] = None,
                   rise_masks: Optional[int] = None, device: str = "cpu", out: Optional[str] = "benchmarks/results",
                   name: str = "benchmark", workloads: Optional[List[Workload]] = None, progress: bool = True,
-                  command: Optional[str] = None) -> Dict[str, object]:
+                  command: Optional[str] = None, threads: Optional[int] = None) -> Dict[str, object]:
     """Run ``methods`` on ``models`` and (if ``out``) write ``<out>/<name>.md`` and ``.json``.
 
     Args:
@@ -115,11 +115,16 @@ def run_benchmark(models: Sequence[str] = ("vgg", "resnet"), methods: Sequence[s
         workloads: ready :class:`Workload` objects (tests use tiny ones).
         progress: show a progress bar.
         command: the command line to record.
+        threads: ``torch.set_num_threads`` for the run (None: leave as is).
+            On a shared CPU one thread is far less sensitive to contention
+            than two; the count is recorded in ``machine``.
 
     Returns:
         dict with ``rows`` (one dict per (model, method), keys ``COLUMNS``),
         ``machine``, ``settings``, ``workloads``, ``command``, ``total_seconds``.
     """
+    if threads is not None:
+        torch.set_num_threads(threads)
     start = time.perf_counter()
     dev = torch.device(device)
     unknown = [m for m in methods if m not in available()]
@@ -150,7 +155,7 @@ def run_benchmark(models: Sequence[str] = ("vgg", "resnet"), methods: Sequence[s
         work.model.to(dev).eval()
         layer_name, layer = pick_cam_layer(work.model, work.images)
         info = LayerInfo(layer_name, layer, tuple(work.images.shape[-2:]), batch_size,
-                         {"rise_masks": rise_masks})
+                         {"rise_masks": rise_masks}, example=work.images[:1])
         fwd = forward_time(work.model, _batches(work.images, batch_size), dev)
         facts[work.name] = dict(work.facts, cam_layer=layer_name, n_images=len(work.images),
                                 forward_seconds_per_image=fwd)
@@ -256,6 +261,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
     parser.add_argument("--name", default="benchmark", help="stem of the result files")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared CPU, far steadier than 2)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="only merge these result files into <out>/<name>.md/.json")
@@ -269,7 +276,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
                            methods=[m for m in args.methods.split(",") if m], n_images=args.n_images,
                            batch_size=args.batch_size, quick=args.quick, n_steps=args.n_steps,
                            rise_masks=args.rise_masks, device=args.device, out=args.out, name=args.name,
-                           progress=not args.no_progress, command=command)
+                           progress=not args.no_progress, command=command, threads=args.threads)
     print(to_markdown(result))
     print(f"Total run time: {result['total_seconds']:.1f} s; results in {args.out}/{args.name}.md and .json")
     return result

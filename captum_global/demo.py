@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from captum_global import viz
-from captum_global.attr import ClassWiseSynthesis, InputAgnosticSaliency
+from captum_global.attr import ClassWiseSynthesis
+from captum_global.backdoor import scan_for_backdoor
 from captum_global.lineup import build_lineup
-from captum_global.metrics import bbox_accuracy, drop_and_increase, energy_pointing_game, mad_anomaly_index, trigger_energy_share
+from captum_global.metrics import bbox_accuracy, drop_and_increase, energy_pointing_game
 from captum_global.world import CLASS_NAMES, make_dataset
 from captum_global.world.training import load_reference_model, reference_target_class, reference_trigger
 
@@ -75,41 +76,42 @@ def explain_reference(arch: str, n_images: int, methods: Sequence[str], out: Pat
     return rows
 
 
-def backdoor_figure(arch: str, variant: str, out: Path, n_steps: int) -> Dict:
-    """Input-agnostic class maps of the clean and the backdoored model."""
+def backdoor_figure(arch: str, variant: str, out: Path, n_steps: int, samples_per_step: int = 8) -> Dict:
+    """Scan the clean and the backdoored model; figure of their class maps."""
     trigger_mask = reference_trigger(variant).mask(64, 64)
-    classes = list(range(len(CLASS_NAMES)))
-    maps, shares = {}, {}
-    for label in ("clean", variant):
-        model = load_reference_model(arch, label)
-        probe = torch.zeros(len(classes), 3, 64, 64)
-        maps[label] = InputAgnosticSaliency(model).attribute(probe, target=classes, n_steps=n_steps, seed=0)
-        shares[label] = trigger_energy_share(maps[label], trigger_mask.expand(len(classes), -1, -1), sign="absolute")
-    anomaly = mad_anomaly_index(shares[variant])
-    viz.save(viz.class_map_grid(maps, CLASS_NAMES[: len(classes)], highlight=trigger_mask,
+    example = torch.zeros(1, 3, 64, 64)
+    scans = {
+        label: scan_for_backdoor(load_reference_model(arch, label), example, trigger_mask=trigger_mask,
+                                 n_steps=n_steps, samples_per_step=samples_per_step)
+        for label in ("clean", variant)
+    }
+    viz.save(viz.class_map_grid({label: scan.maps for label, scan in scans.items()}, CLASS_NAMES,
+                                highlight=trigger_mask,
                                 title=f"input-agnostic maps, {arch}: clean vs {variant} trigger (cyan box)"),
              out / f"backdoor_{arch}_{variant}.png")
-    flagged = int(anomaly.argmax())
-    _log(f"backdoor {arch}/{variant}: trigger energy per class {shares[variant].tolist()}, flagged class {flagged}")
+    energy = scans[variant].trigger_energy
+    _log(f"backdoor {arch}/{variant}: trigger energy per class {[round(v, 3) for v in energy.tolist()]}, "
+         f"flagged (trigger-agnostic) {scans[variant].flagged}")
     return {
         "model": f"{arch} ({variant} backdoor)", "target_class": reference_target_class(),
-        "flagged_class": flagged, "trigger_energy_backdoored": shares[variant].tolist(),
-        "trigger_energy_clean": shares["clean"].tolist(), "anomaly_index": anomaly.tolist(),
+        "class_with_most_trigger_energy": int(energy.argmax()),
+        "scan_backdoored": scans[variant].as_dict(), "scan_clean": scans["clean"].as_dict(),
     }
 
 
 def classwise_figure(arch: str, out: Path, iterations: int) -> Dict:
-    """Class-wise synthetic sets of a reference model (one image per class)."""
+    """Class-wise synthetic set of a reference model (one image per class)."""
     model = load_reference_model(arch, "clean")
     data = make_dataset(500, seed=_TEST_SEED + 1)
-    result = ClassWiseSynthesis(model).attribute(data, images_per_class=2, iterations=iterations, seed=0)
+    result = ClassWiseSynthesis(model).attribute(data, images_per_class=1, init="real", iterations=iterations, seed=0)
     viz.save(viz.synthetic_set_grid(result.images, CLASS_NAMES,
                                     title=f"class-wise synthetic sets, {arch} (clean)"),
              out / f"classwise_{arch}.png")
     confidence = result.confidence.mean().item()
     _log(f"class-wise {arch}: mean confidence on synthetic images {confidence:.3f}")
     return {"model": f"{arch} (clean)", "mean_confidence": confidence,
-            "initial_distance": float(result.initial_distance), "final_distance": float(result.final_distance)}
+            "initial_distance": float(result.initial_distance.sum()),
+            "final_distance": float(result.final_distance.sum())}
 
 
 def explain_photos(out: Path, methods: Sequence[str]) -> List[Dict]:
@@ -162,8 +164,9 @@ def run_demo(out: Path, archs: Sequence[str] = ("vgg", "resnet"), n_images: int 
     rows: List[Dict] = []
     for arch in archs:
         rows += explain_reference(arch, n_images, methods, out)
-    backdoor = [backdoor_figure(archs[0], variant, out, n_steps=60 if quick else 150) for variant in ("patch", "blended")]
-    classwise = classwise_figure(archs[0], out, iterations=30 if quick else 100)
+    backdoor = [backdoor_figure(archs[0], variant, out, n_steps=8 if quick else 30, samples_per_step=4 if quick else 8)
+                for variant in ("patch", "blended")]
+    classwise = classwise_figure(archs[0], out, iterations=5 if quick else 40)
     if photos:
         rows += explain_photos(out, methods)
     summary = {"explanations": rows, "backdoor": backdoor, "classwise": classwise,

@@ -60,7 +60,7 @@ def _check_methods_return_input_sized_maps(methods):
 
     work = tiny_workload()
     name, layer = pick_cam_layer(work.model, work.images)
-    info = LayerInfo(name, layer, (16, 16), batch_size=4, options={"rise_masks": 10})
+    info = LayerInfo(name, layer, (16, 16), batch_size=4, options={"rise_masks": 10}, example=work.images[:1])
     for method in methods:
         out = get_factory(method)(work.model, info)(work.images, work.targets)
         assert out.shape[0] == 2 and out.shape[-2:] == (16, 16), method
@@ -69,7 +69,27 @@ def _check_methods_return_input_sized_maps(methods):
 
 
 def test_captum_baselines_return_input_sized_maps():
-    _check_methods_return_input_sized_maps(["occlusion", "feature_ablation"])
+    _check_methods_return_input_sized_maps(["occlusion", "feature_ablation", "gradcam", "integrated_gradients"])
+
+
+def test_lineup_entries_match_the_package_lineup():
+    """The benchmark's gradcam/occlusion/IG/SISE are the demo's line-up, same settings, same maps."""
+    from benchmarks.methods import get_factory
+    from captum_global.lineup import build_lineup
+
+    work = tiny_workload()
+    name, layer = pick_cam_layer(work.model, work.images)
+    assert name == "4"  # the last ReLU: the last spatial block of the tiny model
+    info = LayerInfo(name, layer, (16, 16), batch_size=4, example=work.images[:1])
+    pairs = {"gradcam": "Grad-CAM", "occlusion": "Occlusion", "integrated_gradients": "Integrated Gradients",
+             "sise": "SISE", "sise_budget": "SISE (budget 25%)"}
+    demo = build_lineup(work.model, work.images[:1], list(pairs.values()))
+    for bench_name, demo_name in pairs.items():
+        ours = get_factory(bench_name)(work.model, info)(work.images, work.targets)
+        theirs = demo[demo_name](work.images, work.targets)
+        assert torch.allclose(ours, theirs, atol=1e-6), bench_name
+    with pytest.raises(ValueError, match="example"):
+        get_factory("gradcam")(work.model, LayerInfo(name, layer, (16, 16)))
 
 
 @pytest.mark.slow  # importing pytorch_grad_cam alone takes 5-20 s on a busy machine

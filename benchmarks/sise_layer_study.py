@@ -1,0 +1,100 @@
+"""Why does SISE trail Grad-CAM(layer3) on the ResNet? Per-block numbers.
+
+Run: ``python -m benchmarks.sise_layer_study [--models vgg,resnet] [--n 16]``
+
+On the benchmark's images (``benchmarks.workloads``, shapes test split,
+true class) it prints, per reference model, EBPG against the object mask of:
+
+- Captum ``LayerGradCam`` on every SISE layer (ReLU, bilinear upsampling);
+- each block's SISE map ``V`` (``return_layer_maps=True``), with the share
+  of the image its Otsu gate keeps open and the share of the object inside
+  that gate (the gate of block ``l`` multiplies everything fused so far);
+- the fusion rules from the same block maps (``otsu``, ``soft-otsu``,
+  ``mean``, ``none``) and Otsu fusion of block prefixes (without the last
+  block(s));
+- SISE re-run with ``score="softmax"`` and with ``mu`` in -inf, 0, 0.5.
+
+Nothing here changes a default: it only measures them.
+"""
+import argparse
+import time
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+
+from benchmarks.measure import EvaluationCounter
+from benchmarks.workloads import load_workload
+from captum_global._maps import resize_maps
+from captum_global.attr import SISE
+from captum_global.attr._fusion import FUSIONS, fuse_layer_maps, hard_gate
+from captum_global.metrics import energy_pointing_game
+
+
+def _ebpg(attr, masks) -> float:
+    return energy_pointing_game(attr, masks).mean().item()
+
+
+def study(name: str, n: int, batch: int) -> None:
+    work = load_workload(name, n)
+    model, x, y, masks = work.model, work.images, work.targets, work.masks
+    sise = SISE(model)
+    counter = EvaluationCounter(model)
+    print(f"\n## {name}: {len(x)} images, object share {masks.float().mean():.3f}")
+
+    def run(**kw):
+        counter.n_examples = 0
+        with counter.counting():
+            t0 = time.perf_counter()
+            out = sise.attribute(x, target=y, perturbations_per_eval=batch, return_layer_maps=True, **kw)
+            dt = time.perf_counter() - t0
+        return out, (counter.n_examples - len(x)) / len(x), dt
+
+    (attr, maps), passes, dt = run()
+    layers = list(maps)
+    shapes = {}
+    hooks = [dict(model.named_modules())[l].register_forward_hook(
+        lambda m, i, o, l=l: shapes.__setitem__(l, tuple(o.shape[1:]))) for l in layers]
+    with torch.no_grad():
+        model(x[:1])
+    for h in hooks:
+        h.remove()
+    print(f"SISE default (mu=0, logit, otsu): EBPG {_ebpg(attr, masks):.3f}, {passes:.1f} passes/img, {dt:.1f} s")
+    print("| block | activation [C, h, w] | Grad-CAM EBPG | SISE V EBPG | gate open share | object share in gate |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    obj = masks.float()
+    for layer in layers:
+        gc = LayerGradCam(model, dict(model.named_modules())[layer]).attribute(x, target=y, relu_attributions=True)
+        gc = LayerAttribution.interpolate(gc, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        v = maps[layer][:, 0]
+        gate = hard_gate(v)
+        recall = ((gate * obj).sum((1, 2)) / obj.sum((1, 2))).mean().item()
+        print(f"| {layer} | {list(shapes[layer])} | {_ebpg(gc, masks):.3f} | {_ebpg(v, masks):.3f} | "
+              f"{gate.mean().item():.3f} | {recall:.3f} |")
+    blocks = [maps[l][:, 0] for l in layers]
+    print("fusion from the same block maps: " + ", ".join(
+        f"{f} {_ebpg(fuse_layer_maps(blocks, f), masks):.3f}" for f in FUSIONS))
+    print("otsu fusion of the first k blocks: " + ", ".join(
+        f"k={k} {_ebpg(fuse_layer_maps(blocks[:k], 'otsu'), masks):.3f}" for k in range(1, len(blocks) + 1)))
+    # the last block's gate resized from its own grid: how coarse is "where"?
+    for kw in ({"score": "softmax"}, {"mu": float("-inf")}, {"mu": 0.5}, {"score": "softmax", "fusion": "soft-otsu"}):
+        (a, m), p, dt = run(**kw)
+        per = ", ".join(f"{l} {_ebpg(v, masks):.3f}" for l, v in m.items())
+        print(f"SISE {kw}: EBPG {_ebpg(a, masks):.3f}, {p:.1f} passes/img, {dt:.1f} s; block V: {per}")
+    counter.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vgg,resnet")
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=64, help="SISE perturbations_per_eval")
+    parser.add_argument("--threads", type=int, default=1)
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+    print(f"torch threads: {torch.get_num_threads()}")
+    for name in opts.models.split(","):
+        study(name, opts.n, opts.batch)
+
+
+if __name__ == "__main__":
+    main()
