@@ -12,7 +12,12 @@ true class) it prints, per reference model, EBPG against the object mask of:
 - the fusion rules from the same block maps (``otsu``, ``soft-otsu``,
   ``mean``, ``none``) and Otsu fusion of block prefixes (without the last
   block(s));
-- SISE re-run with ``score="softmax"`` and with ``mu`` in -inf, 0, 0.5.
+- SISE re-run with ``score="softmax"`` and with ``mu`` in -inf, 0, 0.5;
+- a diagnostic outside SISE (not a method): per block, the spread of the
+  mask weights ``w = logit / area`` (std / mean) and EBPG of the block map
+  rebuilt with centred weights ``relu(sum (w - mean w) m)``; if the centred
+  map localises much better, the shared part of the weights (the plain
+  average of the kept activation maps) is what blurs ``V``.
 
 Nothing here changes a default: it only measures them.
 """
@@ -24,7 +29,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 
 from benchmarks.measure import EvaluationCounter
 from benchmarks.workloads import load_workload
-from captum_global._maps import resize_maps
+from captum_global._maps import minmax_normalise, resize_maps
 from captum_global.attr import SISE
 from captum_global.attr._fusion import FUSIONS, fuse_layer_maps, hard_gate
 from captum_global.metrics import energy_pointing_game
@@ -75,12 +80,44 @@ def study(name: str, n: int, batch: int) -> None:
         f"{f} {_ebpg(fuse_layer_maps(blocks, f), masks):.3f}" for f in FUSIONS))
     print("otsu fusion of the first k blocks: " + ", ".join(
         f"k={k} {_ebpg(fuse_layer_maps(blocks[:k], 'otsu'), masks):.3f}" for k in range(1, len(blocks) + 1)))
-    # the last block's gate resized from its own grid: how coarse is "where"?
     for kw in ({"score": "softmax"}, {"mu": float("-inf")}, {"mu": 0.5}, {"score": "softmax", "fusion": "soft-otsu"}):
         (a, m), p, dt = run(**kw)
         per = ", ".join(f"{l} {_ebpg(v, masks):.3f}" for l, v in m.items())
         print(f"SISE {kw}: EBPG {_ebpg(a, masks):.3f}, {p:.1f} passes/img, {dt:.1f} s; block V: {per}")
     counter.close()
+    print("| block | kept maps / img | weight std / mean | V rebuilt EBPG | V centred EBPG |")
+    print("| --- | --- | --- | --- | --- |")
+    for layer in layers:
+        print("| " + " | ".join(_centred(model, dict(model.named_modules())[layer], x, y, masks, layer)) + " |")
+
+
+@torch.no_grad()
+def _centred(model, module, x, y, masks, layer):
+    store = {}
+    handle = module.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        out = model(xg)
+        alpha = torch.autograd.grad(out.gather(1, y.view(-1, 1)).sum(), store["a"])[0].sum((2, 3))
+    handle.remove()
+    act = store["a"].detach()
+    kept, spread, full, centred = [], [], [], []
+    for i in range(len(x)):
+        flat = act[i].flatten(1)
+        alive = flat.amax(1) > flat.amin(1)  # as SISE: constant maps are no masks
+        ch = ((alpha[i] > 0) & alive).nonzero().view(-1)
+        if len(ch) == 0:  # SISE's fallback: the live map with the largest alpha
+            ch = alpha[i].masked_fill(~alive, -float("inf")).argmax().view(1)
+        m = minmax_normalise(resize_maps(act[i, ch].unsqueeze(1), tuple(x.shape[-2:])))
+        w = torch.cat([model(x[i:i + 1] * m[j:j + 64]).gather(1, y[i].expand(len(m[j:j + 64])).view(-1, 1))
+                       for j in range(0, len(m), 64)]).view(-1) / m.sum((1, 2, 3)).clamp(min=1e-12)
+        kept.append(len(ch))
+        spread.append((w.std() / w.mean().abs()).item() if len(w) > 1 else 0.0)
+        full.append((w.view(-1, 1, 1) * m[:, 0]).sum(0))
+        centred.append(((w - w.mean()).view(-1, 1, 1) * m[:, 0]).sum(0).clamp(min=0))
+    full, centred = torch.stack(full), torch.stack(centred)
+    return (layer, f"{sum(kept) / len(kept):.1f}", f"{sum(spread) / len(spread):.2f}",
+            f"{_ebpg(full, masks):.3f}", f"{_ebpg(centred, masks):.3f}")
 
 
 def main() -> None:

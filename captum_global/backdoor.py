@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_global._maps import to_heatmap
+from captum_global._model_state import preserved_model_state
 from captum_global.attr import InputAgnosticSaliency
 from captum_global.metrics import flag_anomalies, mad_anomaly_index, trigger_energy_share
 
@@ -124,13 +125,8 @@ def scan_for_backdoor(
         (torch.Size([3, 3, 16, 16]), 3)
     """
     if classes is None:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            try:
-                num_classes = model(example_input[:1]).shape[-1]
-            finally:
-                model.train(was_training)
+        with preserved_model_state(model), torch.no_grad():
+            num_classes = model(example_input[:1]).shape[-1]
         classes = list(range(num_classes))
     classes = [int(c) for c in classes]
     if len(classes) < 3:

@@ -144,3 +144,43 @@ def test_model_state_restored_and_no_hooks_left():
     assert not net.stem[0].weight.requires_grad and net.fc.weight.requires_grad
     for m in net.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+class _PassThrough(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class _SharedActivationNet(nn.Module):
+    """Like EfficientNet-Lite: one activation module reused by every block,
+    and identity 'padding' modules that hand their input through."""
+
+    def __init__(self):
+        super().__init__()
+        self.act = nn.ReLU()
+        self.pad = nn.ModuleList([_PassThrough() for _ in range(2)])
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(self.pad[0](x)))
+        x = self.act(self.conv3(self.pad[1](x)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_shared_activation_and_identity_modules_are_stepped_over():
+    names = select_sise_layers(_SharedActivationNet(), torch.zeros(1, 3, 16, 16))
+    # 'act' runs three times and cannot be hooked per block; 'pad.*' only hand
+    # the tensor through: the pre-activation convolutions are the block outputs.
+    assert names == ["conv1", "conv3"]
+
+
+def test_real_efficientnet_lite0_blocks():
+    photos = pytest.importorskip("captum_global.world.photos")
+    if not photos.real_available():
+        pytest.skip("the 'real' extra is not installed")
+    names = select_sise_layers(photos.efficientnet_lite0(), torch.zeros(1, 3, 224, 224))
+    assert names == ["net._blocks.0", "net._blocks.2", "net._blocks.4", "net._blocks.10", "net._bn1"]

@@ -1,19 +1,23 @@
-"""Attribution methods of captum_global, each a Captum ``Attribution``."""
+"""Attribution methods of captum_global, each a Captum ``Attribution``.
 
+- :class:`SISE`: block-wise aggregated, attribution-based input sampling.
+- :class:`InputAgnosticSaliency`: what a model attributes to a class with
+  no input image.
+- :class:`ClassWiseSynthesis` (alias :class:`GradientMatchingSynthesis`):
+  a small synthetic set per class whose training gradients match the real
+  data's.
+- :func:`select_sise_layers`: the layers SISE reads by default.
+"""
+from captum_global.attr._layers import select_sise_layers
+from captum_global.attr.classwise import ClassWiseResult, ClassWiseSynthesis, GradientMatchingSynthesis
 from captum_global.attr.input_agnostic import InputAgnosticSaliency
+from captum_global.attr.sise import SISE
 
-__all__ = []
-__all__ += ["InputAgnosticSaliency"]
-
-from captum_global.attr.classwise import (  # noqa: E402
-    ClassWiseResult,
-    ClassWiseSynthesis,
-    GradientMatchingSynthesis,
-)
-
-__all__ += ["ClassWiseSynthesis", "GradientMatchingSynthesis", "ClassWiseResult"]
-
-from captum_global.attr._layers import select_sise_layers  # noqa: E402
-from captum_global.attr.sise import SISE  # noqa: E402
-
-__all__ += ["SISE", "select_sise_layers"]
+__all__ = [
+    "SISE",
+    "select_sise_layers",
+    "InputAgnosticSaliency",
+    "ClassWiseSynthesis",
+    "GradientMatchingSynthesis",
+    "ClassWiseResult",
+]

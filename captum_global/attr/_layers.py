@@ -62,6 +62,8 @@ class _Call:
     out: Optional[Tensor] = None
     in_hw: Optional[Tuple[int, int]] = None
     out_hw: Optional[Tuple[int, int]] = None
+    in_version: Optional[int] = None
+    passthrough: bool = False  # returned its input object untouched (an identity)
 
     def contains(self, other: "_Call") -> bool:
         return self.start < other.start and other.end < self.end
@@ -102,6 +104,7 @@ def _trace(model: nn.Module, inputs: Tuple[Tensor, ...], args: Optional[Tuple]) 
             clock[0] += 1
             call = _Call(name, module, clock[0])
             call.inp = _first_tensor(args_)
+            call.in_version = call.inp._version if call.inp is not None else None
             call.in_hw = _spatial_hw(call.inp, image_hw)
             stack.append(call)
 
@@ -112,6 +115,8 @@ def _trace(model: nn.Module, inputs: Tuple[Tensor, ...], args: Optional[Tuple]) 
         call = stack.pop()
         call.end = clock[0]
         call.out = output if isinstance(output, Tensor) else None
+        # an in-place op returns its input too, but bumps its version counter
+        call.passthrough = call.out is not None and call.out is call.inp and call.out._version == call.in_version
         call.out_hw = _spatial_hw(output, image_hw)
         calls.append(call)
 
@@ -126,9 +131,24 @@ def _trace(model: nn.Module, inputs: Tuple[Tensor, ...], args: Optional[Tuple]) 
 
 
 def _producer(calls: List[_Call], tensor: Tensor) -> Optional[_Call]:
-    """The call that returned ``tensor`` last (outermost container or in-place op)."""
+    """The call that returned ``tensor`` last (outermost container or in-place op).
+
+    A module called more than once per forward pass (a shared activation,
+    such as EfficientNet-Lite's one ``_swish``) cannot be hooked for one
+    block only, so we step back to the call that produced its input: the
+    pre-activation of that block. Identity-like calls that return their
+    input unchanged are skipped in favour of the block that made the tensor.
+    """
     found = [c for c in calls if c.out is tensor]
-    return max(found, key=lambda c: c.end) if found else None
+    # identity-like calls (a padding module set to Identity) hand the tensor
+    # through: the block that made it is the real producer
+    found = [c for c in found if not c.passthrough] or found
+    if not found:
+        return None
+    pick = max(found, key=lambda c: c.end)
+    if sum(c.module is pick.module for c in calls) > 1 and pick.inp is not None and pick.inp is not tensor:
+        return _producer(calls, pick.inp) or pick
+    return pick
 
 
 def find_block_outputs(
