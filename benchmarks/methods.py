@@ -176,55 +176,6 @@ register("sise", _from_lineup("SISE"))
 register("sise_budget", _from_lineup("SISE (budget 25%)"))
 
 
-def once_run_layers(model: nn.Module, example: Tensor) -> List[str]:
-    """SISE's automatic layers, each module that runs more than once per forward
-    pass (e.g. EfficientNet's ``net._swish``, shared by stem and head) replaced by
-    the last leaf module before its last call that runs once and gives an output
-    of the same shape (there: ``net._bn1``). A workaround for the benchmark
-    until the layer discovery avoids shared modules; the line-up's SISE raises.
-    """
-    from captum_global.attr import select_sise_layers
-
-    calls: List[Tuple[str, Tuple[int, ...]]] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.append(
-        (n, tuple(o.shape) if isinstance(o, Tensor) else ()))) for n, m in model.named_modules()
-        if n and not list(m.children())]
-    handles += [m.register_forward_hook(lambda mod, i, o, n=n: calls.append((n, ())))
-                for n, m in model.named_modules() if n and list(m.children())]
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    count: Dict[str, int] = {}
-    for n, _ in calls:
-        count[n] = count.get(n, 0) + 1
-    leaves = [c for c in calls if c[1]]
-    out = []
-    for name in select_sise_layers(model, example[:1]):
-        if count.get(name, 0) > 1:
-            last = max(i for i, (n, _) in enumerate(leaves) if n == name)
-            shape = leaves[last][1]
-            name = next(n for n, sh in reversed(leaves[:last]) if count[n] == 1 and sh == shape)
-        out.append(name)
-    return out
-
-
-def _sise_once(budget):
-    from captum_global.attr import SISE
-
-    def factory(model, info):
-        method = SISE(model, layers=once_run_layers(model, info.example))
-        return lambda x, t: method.attribute(x, target=t, max_maps_per_layer=budget, perturbations_per_eval=64)
-
-    return factory
-
-
-# Same settings as the line-up's SISE entries, on once-run layers (see above).
-register("sise_once", _sise_once(None))
-register("sise_budget_once", _sise_once(0.25))
-
 try:
     from captum_global.attr import InputAgnosticSaliency
 

@@ -1,6 +1,6 @@
 """Run attribution methods side by side and write Markdown and JSON tables.
 
-    python -m benchmarks.run --models vgg,resnet --n-images 32 --name baselines
+    python -m benchmarks.run --models vgg,resnet --methods sise,gradcam,scorecam,rise --n-images 16 --name mine
 
 For every (model, method): the ground-truth metrics (EBPG, bbox accuracy,
 mIoU; when the data has object masks), the model-truth metrics (Average

@@ -13,6 +13,8 @@ true class) it prints, per reference model, EBPG against the object mask of:
   ``mean``, ``none``) and Otsu fusion of block prefixes (without the last
   block(s));
 - SISE re-run with ``score="softmax"`` and with ``mu`` in -inf, 0, 0.5;
+- for the variants and Grad-CAM on each block, also bbox accuracy, Average
+  Drop % and insertion / deletion AUC (16 steps, as the benchmark run);
 - a diagnostic outside SISE (not a method): per block, the spread of the
   mask weights ``w = logit / area`` (std / mean) and EBPG of the block map
   rebuilt with centred weights ``relu(sum (w - mean w) m)``; if the centred
@@ -32,7 +34,7 @@ from benchmarks.workloads import load_workload
 from captum_global._maps import minmax_normalise, resize_maps
 from captum_global.attr import SISE
 from captum_global.attr._fusion import FUSIONS, fuse_layer_maps, hard_gate
-from captum_global.metrics import energy_pointing_game
+from captum_global.metrics import bbox_accuracy, deletion_auc, drop_and_increase, energy_pointing_game, insertion_auc
 
 
 def _ebpg(attr, masks) -> float:
@@ -80,11 +82,25 @@ def study(name: str, n: int, batch: int) -> None:
         f"{f} {_ebpg(fuse_layer_maps(blocks, f), masks):.3f}" for f in FUSIONS))
     print("otsu fusion of the first k blocks: " + ", ".join(
         f"k={k} {_ebpg(fuse_layer_maps(blocks[:k], 'otsu'), masks):.3f}" for k in range(1, len(blocks) + 1)))
+    variants = {"SISE default": attr[:, :1],
+                "SISE fusion=soft-otsu": fuse_layer_maps(blocks, "soft-otsu").unsqueeze(1)}
     for kw in ({"score": "softmax"}, {"mu": float("-inf")}, {"mu": 0.5}, {"score": "softmax", "fusion": "soft-otsu"}):
         (a, m), p, dt = run(**kw)
         per = ", ".join(f"{l} {_ebpg(v, masks):.3f}" for l, v in m.items())
         print(f"SISE {kw}: EBPG {_ebpg(a, masks):.3f}, {p:.1f} passes/img, {dt:.1f} s; block V: {per}")
+        variants[f"SISE {kw}"] = a[:, :1]
     counter.close()
+    for layer in layers:
+        gc = LayerGradCam(model, dict(model.named_modules())[layer]).attribute(x, target=y, relu_attributions=True)
+        variants[f"Grad-CAM {layer}"] = LayerAttribution.interpolate(gc, tuple(x.shape[-2:]), "bilinear").detach()
+    print("| map | EBPG | bbox | Drop % | ins AUC | del AUC |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, a in variants.items():
+        drop, _ = drop_and_increase(model, x, a, y, batch_size=64)
+        ins = insertion_auc(model, x, a, y, n_steps=16, batch_size=64).mean().item()
+        dele = deletion_auc(model, x, a, y, n_steps=16, batch_size=64).mean().item()
+        print(f"| {label} | {_ebpg(a, masks):.3f} | {bbox_accuracy(a, masks).mean().item():.3f} | "
+              f"{drop.mean().item():.1f} | {ins:.3f} | {dele:.3f} |")
     print("| block | kept maps / img | weight std / mean | V rebuilt EBPG | V centred EBPG |")
     print("| --- | --- | --- | --- | --- |")
     for layer in layers:

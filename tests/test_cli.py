@@ -40,7 +40,7 @@ def test_small_demo_writes_pictures_and_table(tmp_path):
     main(["demo", "--out", str(tmp_path), "--archs", "vgg", "--images", "2", "--quick", "--no-photos",
           "--methods", "SISE,Grad-CAM"])
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"gallery_vgg.png", "metrics.json", "metrics.md", "classwise_vgg.png",
+    assert {"gallery_vgg.png", "sise_blocks_vgg.png", "metrics.json", "metrics.md", "classwise_vgg.png",
             "backdoor_vgg_patch.png", "backdoor_vgg_blended.png"} <= names
     summary = json.loads((tmp_path / "metrics.json").read_text())
     methods = {row["method"] for row in summary["explanations"]}
