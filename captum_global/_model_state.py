@@ -10,7 +10,6 @@ re-implement it.
 from contextlib import contextmanager
 from typing import Callable, Iterator, List
 
-import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 

@@ -12,13 +12,13 @@ EfficientNet-Lite0.
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from captum_global import viz
-from captum_global.attr import SISE, ClassWiseSynthesis
+from captum_global.attr import ClassWiseSynthesis
 from captum_global.backdoor import scan_for_backdoor
 from captum_global.lineup import build_lineup
 from captum_global.metrics import bbox_accuracy, drop_and_increase, energy_pointing_game
@@ -52,10 +52,14 @@ def explain_reference(arch: str, n_images: int, methods: Sequence[str], out: Pat
     data = _pick_examples(model, n_images)
     x, y = data.images, data.labels
     explainers = build_lineup(model, x, methods)
-    attributions, scores, rows = {}, {}, []
+    attributions, scores, rows, per_block = {}, {}, [], {}
     for name, explain in explainers.items():
         start = time.perf_counter()
-        attr = explain(x, y).detach()
+        if name == "SISE":
+            attr, per_block = explain(x, y, return_layer_maps=True)
+        else:
+            attr = explain(x, y)
+        attr = attr.detach()
         seconds = (time.perf_counter() - start) / len(x)
         ebpg = energy_pointing_game(attr, data.object_masks)
         bbox = bbox_accuracy(attr, data.boxes)
@@ -73,10 +77,10 @@ def explain_reference(arch: str, n_images: int, methods: Sequence[str], out: Pat
     viz.save(viz.explanation_gallery(x, attributions, data.boxes, titles, scores,
                                      title=f"reference {arch} (clean): explanations with object box"),
              out / f"gallery_{arch}.png")
-    fused, per_block = SISE(model).attribute(x, target=y, return_layer_maps=True)
-    viz.save(viz.explanation_gallery(x, {**per_block, "SISE (fused)": fused}, data.boxes, titles,
-                                     title=f"SISE on reference {arch}: each block's map V, then the fused map"),
-             out / f"sise_blocks_{arch}.png")
+    if per_block:
+        viz.save(viz.explanation_gallery(x, {**per_block, "SISE (fused)": attributions["SISE"]}, data.boxes, titles,
+                                         title=f"SISE on reference {arch}: each block's map V, then the fused map"),
+                 out / f"sise_blocks_{arch}.png")
     return rows
 
 

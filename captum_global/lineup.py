@@ -37,7 +37,11 @@ def last_spatial_layer(model: nn.Module, example_input: Tensor) -> nn.Module:
 def _sise(budget=None, batch: int = 64) -> Callable[[nn.Module, Tensor], Explain]:
     def build(model: nn.Module, example_input: Tensor) -> Explain:
         sise = SISE(model)
-        return lambda x, t: sise.attribute(x, target=t, max_maps_per_layer=budget, perturbations_per_eval=batch)
+        # extra keywords (e.g. return_layer_maps) pass through, so a caller that
+        # also wants the per-block maps needs no second SISE run
+        return lambda x, t, **kw: sise.attribute(
+            x, target=t, max_maps_per_layer=budget, perturbations_per_eval=batch, **kw
+        )
 
     return build
 

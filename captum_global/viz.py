@@ -5,7 +5,7 @@ the gallery shows is exactly what a Captum user would see for the same
 attribution. Every function returns a matplotlib ``Figure`` and never calls
 ``plt.show``; the caller saves it.
 """
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib
 

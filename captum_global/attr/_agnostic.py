@@ -5,7 +5,7 @@ projection, refinement) can be tested on its own; the algorithm itself reads
 top to bottom in ``input_agnostic.py``.
 """
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,7 @@ Reconstruction (the paper's full text was not available; see
 ``docs/input_agnostic.md``) of Akhtar & Jalwana, "Rethinking Interpretation:
 Input-Agnostic Saliency Mapping of Deep Visual Classifiers", AAAI 2023.
 """
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric

@@ -11,7 +11,7 @@ so an all-zero (black) baseline is meaningful.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
 import torch

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 ARCHS = ("vgg", "resnet")
@@ -126,6 +125,8 @@ def build_model(arch: str, num_classes: int = 5) -> nn.Module:
 
     Examples::
 
+        >>> import torch
+        >>> from captum_global.world import build_model
         >>> model = build_model("resnet")
         >>> model(torch.rand(2, 3, 64, 64)).shape
         torch.Size([2, 5])
