@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["to_heatmap", "minmax_normalise", "resize_maps", "otsu_threshold"]
+__all__ = ["to_heatmap", "minmax_normalise", "resize_maps", "otsu_threshold", "NO_SIGNAL_RTOL"]
 
 _EPS = 1e-12
 
@@ -48,16 +48,25 @@ def to_heatmap(attributions: Union[Tensor, Tuple[Tensor, ...]], sign: str = "pos
     raise ValueError(f"sign must be 'positive', 'absolute' or 'all', got {sign!r}")
 
 
+# A map whose values differ by less than this share of their magnitude holds
+# float round-off, not evidence: stretching it to [0, 1] would show noise as
+# full signal. float32 round-off of sums of a few thousand terms stays below it.
+NO_SIGNAL_RTOL = 1e-5
+
+
 def minmax_normalise(maps: Tensor, start_dim: int = 1) -> Tensor:
     """Min-max normalise each example (dims from ``start_dim`` on) to [0, 1].
 
-    A constant map becomes all zeros rather than NaN: it carries no ranking.
+    A map with no signal (constant, or varying only by float round-off:
+    a spread below ``NO_SIGNAL_RTOL`` of its magnitude) becomes all zeros
+    rather than NaN or stretched noise: it carries no ranking.
     """
     flat = maps.flatten(start_dim)
     low = flat.min(dim=-1, keepdim=True).values
     high = flat.max(dim=-1, keepdim=True).values
     span = high - low
-    out = torch.where(span > _EPS, (flat - low) / span.clamp(min=_EPS), torch.zeros_like(flat))
+    floor = (NO_SIGNAL_RTOL * torch.maximum(low.abs(), high.abs())).clamp(min=_EPS)
+    out = torch.where(span > floor, (flat - low) / span.clamp(min=_EPS), torch.zeros_like(flat))
     return out.view_as(maps)
 
 

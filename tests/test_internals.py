@@ -126,3 +126,13 @@ def test_compat_round_trips_like_captum():
     out = _compat.run_forward(lambda a: a * 2, x, target=[0, 2])
     assert torch.equal(out, torch.stack([x[0, 0] * 2, x[1, 2] * 2]))
     assert _compat.expand_target([1, 2], 2) == [1, 2, 1, 2]
+
+
+def test_minmax_round_off_is_no_signal():
+    base = torch.full((1, 4, 4), 3.0)
+    noise = base + torch.rand(1, 4, 4) * 3.0 * 1e-7  # float round-off scale
+    assert torch.equal(minmax_normalise(noise), torch.zeros(1, 4, 4))
+    signal = base.clone()
+    signal[0, 0, 0] += 1e-3
+    out = minmax_normalise(signal)
+    assert out[0, 0, 0] == 1.0 and out.sum() == 1.0
