@@ -19,7 +19,7 @@ from torch import nn
 
 from captum_global import viz
 from captum_global.attr import ClassWiseSynthesis
-from captum_global.backdoor import scan_for_backdoor
+from captum_global.backdoor import scan_figure, scan_for_backdoor
 from captum_global.lineup import build_lineup
 from captum_global.metrics import bbox_accuracy, drop_and_increase, energy_pointing_game
 from captum_global.world import CLASS_NAMES, make_dataset
@@ -84,25 +84,28 @@ def explain_reference(arch: str, n_images: int, methods: Sequence[str], out: Pat
     return rows
 
 
-def backdoor_figure(arch: str, variant: str, out: Path, n_steps: int, samples_per_step: int = 8) -> Dict:
-    """Scan the clean and the backdoored model; figure of their class maps."""
+def backdoor_figure(arch: str, variant: str, out: Path, n_epochs: int = 20, clean_size: int = 48,
+                    n_steps: int = 0, samples_per_step: int = 0) -> Dict:
+    """Scan the clean and the backdoored model; figure of every class's suspected trigger.
+
+    ``n_steps`` and ``samples_per_step`` are accepted for old callers and ignored.
+    """
     trigger_mask = reference_trigger(variant).mask(64, 64)
-    example = torch.zeros(1, 3, 64, 64)
+    clean = make_dataset(clean_size, seed=_TEST_SEED + 2).images
     scans = {
-        label: scan_for_backdoor(load_reference_model(arch, label), example, trigger_mask=trigger_mask,
-                                 n_steps=n_steps, samples_per_step=samples_per_step)
+        label: scan_for_backdoor(load_reference_model(arch, label), clean[:1], clean_inputs=clean,
+                                 trigger_mask=trigger_mask, n_epochs=n_epochs, seed=0)
         for label in ("clean", variant)
     }
-    viz.save(viz.class_map_grid({label: scan.maps for label, scan in scans.items()}, CLASS_NAMES,
-                                highlight=trigger_mask,
-                                title=f"input-agnostic maps, {arch}: clean vs {variant} trigger (cyan box)"),
-             out / f"backdoor_{arch}_{variant}.png")
-    energy = scans[variant].trigger_energy
-    _log(f"backdoor {arch}/{variant}: trigger energy per class {[round(v, 3) for v in energy.tolist()]}, "
-         f"flagged (trigger-agnostic) {scans[variant].flagged}")
+    fig = scan_figure(scans, CLASS_NAMES, planted=trigger_mask,
+                      title=f"suspected trigger per class, {arch}: clean vs {variant} backdoor "
+                            f"(planted trigger in cyan; red = flagged)")
+    path = out / f"backdoor_{arch}_{variant}.png"
+    fig.savefig(path, dpi=100)
+    _log(f"backdoor {arch}/{variant}: flagged {scans[variant].flagged} (target {reference_target_class()}), "
+         f"clean twin flagged {scans['clean'].flagged}")
     return {
         "model": f"{arch} ({variant} backdoor)", "target_class": reference_target_class(),
-        "class_with_most_trigger_energy": int(energy.argmax()),
         "scan_backdoored": scans[variant].as_dict(), "scan_clean": scans["clean"].as_dict(),
     }
 
@@ -177,7 +180,7 @@ def run_demo(out: Path, archs: Sequence[str] = ("vgg", "resnet"), n_images: int 
     rows: List[Dict] = []
     for arch in archs:
         rows += explain_reference(arch, n_images, methods, out)
-    backdoor = [backdoor_figure(archs[0], variant, out, n_steps=8 if quick else 30, samples_per_step=4 if quick else 8)
+    backdoor = [backdoor_figure(archs[0], variant, out, n_epochs=4 if quick else 20, clean_size=24 if quick else 48)
                 for variant in ("patch", "blended")]
     classwise = classwise_figure(archs[0], out, iterations=5 if quick else 40)
     if photos:

@@ -1,6 +1,6 @@
 """Evaluation metrics for attribution maps (ground truth, model truth, backdoor)."""
 from captum_global.metrics._forward import ForwardCounter
-from captum_global.metrics.backdoor import flag_anomalies, mad_anomaly_index, trigger_energy_share
+from captum_global.metrics.backdoor import flag_anomalies, mad_anomaly_index, trigger_energy_share, trigger_iou
 from captum_global.metrics.faithfulness import (
     average_drop,
     deletion_auc,
@@ -21,6 +21,7 @@ __all__ = [
     "insertion_auc",
     "deletion_auc",
     "trigger_energy_share",
+    "trigger_iou",
     "mad_anomaly_index",
     "flag_anomalies",
     "ForwardCounter",
