@@ -55,7 +55,7 @@ def coloured_images(n: int, seed: int = 0) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-FAST_SCAN = dict(n_epochs=16, batch_size=12, cells=SIZE)
+FAST_SCAN = dict(n_steps=64, batch_size=12, check_every=4, cells=SIZE)
 FAST_NC = dict(n_epochs=30, batch_size=12, patience=2)
 
 
@@ -124,8 +124,8 @@ def test_scans_are_seeded_and_leave_the_model_alone(clean):
     model.scale.requires_grad_(True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    a = scan_for_backdoor(model, clean[:1], clean_inputs=clean, seed=3, **dict(FAST_SCAN, n_epochs=3))
-    b = scan_for_backdoor(model, clean[:1], clean_inputs=clean, seed=3, **dict(FAST_SCAN, n_epochs=3))
+    a = scan_for_backdoor(model, clean[:1], clean_inputs=clean, seed=3, **dict(FAST_SCAN, n_steps=8))
+    b = scan_for_backdoor(model, clean[:1], clean_inputs=clean, seed=3, **dict(FAST_SCAN, n_steps=8))
     neural_cleanse(model, clean, seed=3, n_epochs=2)
     assert torch.equal(a.trigger_masks, b.trigger_masks) and torch.equal(a.statistics["mask_l1"], b.statistics["mask_l1"])
     assert torch.equal(torch.get_rng_state(), rng)
@@ -157,7 +157,7 @@ BAD = [
     (dict(trigger_mask=torch.ones(5, 5, dtype=torch.bool)), InvalidArgumentError, "trigger_mask"),
     (dict(trigger_mask=torch.zeros(SIZE, SIZE, dtype=torch.bool)), InvalidArgumentError, "trigger_mask"),
     (dict(seed=-2), InvalidArgumentError, "seed"),
-    (dict(n_epochs=0), InvalidArgumentError, "n_epochs"),
+    (dict(batch_size=0), InvalidArgumentError, "batch_size"),
     (dict(attack_success=1.5), InvalidArgumentError, "attack_success"),
     (dict(steps=3), TypeError, "unknown option"),
 ]
@@ -166,13 +166,11 @@ BAD = [
 @pytest.mark.parametrize("kwargs,error,match", BAD)
 def test_scan_argument_errors(clean, kwargs, error, match):
     with pytest.raises(error, match=match):
-        scan_for_backdoor(tiny_model(), clean[:1], clean_inputs=clean[:8], **dict(dict(n_epochs=1), **kwargs))
+        scan_for_backdoor(tiny_model(), clean[:1], clean_inputs=clean[:8], **dict(dict(n_steps=1), **kwargs))
 
 
 @pytest.mark.parametrize("kwargs,error,match", BAD)
 def test_neural_cleanse_argument_errors(clean, kwargs, error, match):
-    if "steps" in kwargs or "attack_success" in kwargs:
-        kwargs = dict(kwargs)
     with pytest.raises(error, match=match):
         neural_cleanse(tiny_model(), clean[:8], **dict(dict(n_epochs=1), **kwargs))
 
@@ -185,7 +183,7 @@ def test_empty_batches_and_tuple_models_are_refused(clean):
     with pytest.raises(InvalidArgumentError, match="clean_inputs"):
         neural_cleanse(tiny_model(), clean[:0])
     with pytest.raises(TypeError, match="model must return one tensor"):
-        scan_for_backdoor(TupleModel(), clean[:1], clean_inputs=clean[:8], n_epochs=1)
+        scan_for_backdoor(TupleModel(), clean[:1], clean_inputs=clean[:8], n_steps=1)
     with pytest.raises(TypeError, match="model must return one tensor"):
         neural_cleanse(TupleModel(), clean[:8], n_epochs=1)
     with pytest.raises(TypeError, match="model"):
@@ -202,7 +200,7 @@ class NaNModel(nn.Module):
 
 def test_nan_during_optimisation_raises(clean):
     with pytest.raises(NonFiniteOutputError, match="scan_for_backdoor"):
-        scan_for_backdoor(NaNModel(), clean[:1], clean_inputs=clean[:8], n_epochs=1)
+        scan_for_backdoor(NaNModel(), clean[:1], clean_inputs=clean[:8], n_steps=1)
     with pytest.raises(NonFiniteOutputError, match="Neural Cleanse"):
         neural_cleanse(NaNModel(), clean[:8], n_epochs=1)
 
@@ -249,11 +247,14 @@ def test_localisation_metrics_by_hand():
 # ---------------------------------------------------------------- shipped models
 
 
+@pytest.mark.slow
 def test_scan_finds_the_shipped_patch_backdoor_and_spares_its_twin():
+    # Default settings on 100 clean images: about a minute of CPU per model (hence slow);
+    # cheaper settings (60 steps on 50 images) do not converge and flag nothing.
     from captum_global.world import load_reference_model, make_dataset, reference_target_class
 
-    clean = make_dataset(60, seed=4242).images
-    settings = dict(n_epochs=12, batch_size=15, seed=0)
+    clean = make_dataset(100, seed=4242).images
+    settings = dict(seed=0)
     backdoored = scan_for_backdoor(load_reference_model("resnet", "patch"), clean[:1], clean_inputs=clean, **settings)
     twin = scan_for_backdoor(load_reference_model("resnet", "clean"), clean[:1], clean_inputs=clean, **settings)
     assert backdoored.flagged == [reference_target_class()]

@@ -47,16 +47,17 @@ __all__ = ["scan_for_backdoor", "DEFAULTS"]
 #: Default options of :func:`scan_for_backdoor` (keyword arguments).
 DEFAULTS: Dict[str, Any] = dict(
     cells=16,
-    n_epochs=24,
-    batch_size=25,
+    n_steps=120,
+    batch_size=20,
+    check_every=5,
     lr=0.1,
     init_cost=1e-3,
     cost_multiplier=1.5,
-    patience=2,
+    patience=3,
     early_stop_patience=8,
     attack_success=0.95,
     noise_floor=0.1,
-    held_out=0.25,
+    held_out=0.0,
     num_noise_samples=128,
     value_range=(0.0, 1.0),
     class_maps=False,
@@ -80,7 +81,9 @@ def scan_for_backdoor(
     change that flips inputs to ``c``: one stamp ``x -> (1 - m) x + m p``
     (mask ``m`` on a grid of ``cells x cells`` cells, pattern ``p``) shared
     by all inputs. All classes are searched together on the same inputs,
-    each with Neural Cleanse's l1 cost schedule on its mask. The mask lives
+    each with Neural Cleanse's l1 cost schedule on its mask (checked every
+    few steps rather than every pass over the data, so a small clean set
+    still gets a full schedule). The mask lives
     on a coarse grid, so a stamp is charged for every cell it touches: a
     planted trigger is one contiguous region, while the small adversarial
     stamps every class has are scattered. A class whose smallest mask is
@@ -112,10 +115,12 @@ def scan_for_backdoor(
         threshold (float): anomaly-index cut-off (> 0). Default: 2.0
         seed (int, optional): seed of every random choice (initialisation,
                     batch order, noise); ``None`` draws one.
-        show_progress (bool): progress bar over the epochs.
+        show_progress (bool): progress bar over the schedule rounds.
         **options: ``cells`` (16: the mask grid per side; 1 cell = the
-                    image side / ``cells`` pixels), ``n_epochs`` (24),
-                    ``batch_size`` (25 inputs per class and step), ``lr``
+                    image side / ``cells`` pixels), ``n_steps`` (240
+                    optimisation steps), ``batch_size`` (8 inputs per class
+                    and step), ``check_every`` (3: steps per round of the
+                    cost schedule, whose success rate decides it), ``lr``
                     (0.1), ``init_cost`` (1e-3), ``cost_multiplier`` (1.5),
                     ``patience`` (2), ``early_stop_patience`` (8),
                     ``attack_success`` (0.95: the share of an epoch's inputs a
@@ -138,7 +143,7 @@ def scan_for_backdoor(
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
         ...                     nn.Flatten(), nn.Linear(4, 3))
         >>> scan = scan_for_backdoor(net, torch.zeros(1, 3, 16, 16), clean_inputs=torch.rand(12, 3, 16, 16),
-        ...                          n_epochs=2, batch_size=4)
+        ...                          n_steps=6, batch_size=4)
         >>> scan.classes, scan.trigger_masks.shape, scan.trigger_patterns.shape
         ([0, 1, 2], torch.Size([3, 16, 16]), torch.Size([3, 3, 16, 16]))
     """
@@ -165,20 +170,20 @@ def scan_for_backdoor(
     else:
         inputs = lo + (hi - lo) * smooth_noise(opts["num_noise_samples"], (c, h, w), generator)
         inputs = inputs.to(example.device, example.dtype)
-    train, held = split_inputs(inputs, generator, opts["held_out"])
+    train, held = split_inputs(inputs, generator, opts["held_out"]) if opts["held_out"] > 0 else (inputs, inputs)
     cell = max(1, math.ceil(max(h, w) / opts["cells"]))
-    bar = _progress(show_progress, opts["n_epochs"])
+    rounds = math.ceil(opts["n_steps"] / opts["check_every"])
+    bar = _progress(show_progress, rounds)
+    stream = _batch_stream(train, opts["batch_size"], generator)
 
-    def batches(epoch: int):
-        order = torch.randperm(train.shape[0], generator=generator).to(train.device)
-        size = opts["batch_size"]
-        return [train[order[i:i + size]] for i in range(0, train.shape[0], size)]
+    def batches(round_: int):
+        return [next(stream) for _ in range(opts["check_every"])]
 
     with preserved_model_state(model):
         _freeze(model)
         untestable = _base_classes(model, held, classes) if clean_inputs is None else []
         found = reverse_triggers(
-            model, classes, batches, (c, h, w), cell, opts["n_epochs"], opts["lr"], opts["init_cost"],
+            model, classes, batches, (c, h, w), cell, rounds, opts["lr"], opts["init_cost"],
             opts["cost_multiplier"], opts["patience"], opts["early_stop_patience"], opts["attack_success"],
             (lo, hi), generator, example.device, example.dtype, progress=bar.update if bar else None,
         )
@@ -203,7 +208,7 @@ def scan_for_backdoor(
         localisation=localisation(found.masks, region), num_evaluations=evaluations,
         seconds=time.perf_counter() - start,
         settings={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}, "seed": seed,
-                  "cell_pixels": cell, "epochs_run": found.epochs,
+                  "cell_pixels": cell, "steps_run": found.epochs * opts["check_every"],
                   "inputs": "clean_inputs" if clean_inputs is not None else "smooth noise",
                   "num_inputs": int(inputs.shape[0]), "untestable": untestable},
     )
@@ -216,8 +221,9 @@ def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
     s = {**DEFAULTS, **options}
     return dict(
         cells=check_int(s["cells"], "cells", minimum=1),
-        n_epochs=check_int(s["n_epochs"], "n_epochs", minimum=1),
+        n_steps=check_int(s["n_steps"], "n_steps", minimum=1),
         batch_size=check_int(s["batch_size"], "batch_size", minimum=1),
+        check_every=check_int(s["check_every"], "check_every", minimum=1),
         lr=check_number(s["lr"], "lr", minimum=0.0, min_inclusive=False),
         init_cost=check_number(s["init_cost"], "init_cost", minimum=0.0, min_inclusive=False),
         cost_multiplier=check_number(s["cost_multiplier"], "cost_multiplier", minimum=1.0, min_inclusive=False),
@@ -225,7 +231,7 @@ def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
         early_stop_patience=check_int(s["early_stop_patience"], "early_stop_patience", minimum=1),
         attack_success=check_number(s["attack_success"], "attack_success", 0.0, 1.0, min_inclusive=False),
         noise_floor=check_number(s["noise_floor"], "noise_floor", minimum=0.0),
-        held_out=check_number(s["held_out"], "held_out", 0.0, 1.0, min_inclusive=False, max_inclusive=False),
+        held_out=check_number(s["held_out"], "held_out", 0.0, 1.0, max_inclusive=False),
         num_noise_samples=check_int(s["num_noise_samples"], "num_noise_samples", minimum=2),
         value_range=check_value_range(s["value_range"]),
         class_maps=check_bool(s["class_maps"], "class_maps"),
@@ -242,7 +248,15 @@ def _progress(show: bool, total: int):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="scan_for_backdoor (epochs)")
+    return tqdm(total=total, desc="scan_for_backdoor (schedule rounds)")
+
+
+def _batch_stream(inputs: Tensor, size: int, generator: torch.Generator):
+    """Endless mini-batches: passes over ``inputs`` in a fresh seeded order each time."""
+    while True:
+        order = torch.randperm(inputs.shape[0], generator=generator).to(inputs.device)
+        for i in range(0, inputs.shape[0] - size + 1 if inputs.shape[0] >= size else 1, size):
+            yield inputs[order[i:i + size]]
 
 
 def _freeze(model: nn.Module) -> None:
