@@ -313,3 +313,29 @@ def test_grad_cam_road_prefers_sise_maps_to_their_inverse(world):
     cams = AttributionCAM(model, "SISE")(x, targets)
     metric = road.ROADCombined(percentiles=[20, 80])
     assert np.mean(metric(x, cams, targets, model)) > np.mean(metric(x, 1.0 - cams, targets, model)) + 1.0
+
+
+def test_captum_sensitivity_max_is_zero_for_input_agnostic_saliency_with_a_fixed_seed(world):
+    """What docs/use/integrations.md says of Captum's robustness metric, measured."""
+    from captum.metrics import sensitivity_max
+
+    model, data = world
+    ias = InputAgnosticSaliency(model)
+    x, t = data.images[:2], data.labels[:2]
+    assert torch.equal(sensitivity_max(ias.attribute, x, target=t, n_perturb_samples=2, seed=0, **IAS_FAST),
+                       torch.zeros(2))
+    assert bool((sensitivity_max(Saliency(model).attribute, x, target=t, n_perturb_samples=2) > 0).all())
+
+
+def test_use_page_examples_run():
+    """The Python examples of docs/use/integrations.md run as printed."""
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "use" / "integrations.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exec(compile(block, str(page), "exec"), {})
