@@ -130,6 +130,18 @@ def draw_figure(path, rows):
     plt.close(fig)
 
 
+def figure(path, model, data):
+    """grad-cam overlays of the line-up's Grad-CAM, SISE and InputAgnosticSaliency on four images."""
+    x, y = data.images[:4].numpy(), data.labels[:4].numpy()
+    grad_cam = next(spec for spec in LINEUP if spec.name == "Grad-CAM")
+    panels = {
+        "Grad-CAM": explain(model, x, y, method=grad_cam),
+        "SISE": explain(model, x, y, method="SISE"),
+        "InputAgnosticSaliency": explain(model, x, y, method="InputAgnosticSaliency", n_steps=30),
+    }
+    draw_figure(path, (data.images[:4], {k: attributions_to_cams(torch.from_numpy(v)) for k, v in panels.items()}))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", default="vgg,resnet")
@@ -139,33 +151,40 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", default=None, help="also write grad-cam overlays (PNG) here")
     parser.add_argument("--name", default="integrations")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of an interrupted run of this command")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", InputAgnosticWarning)  # the caveat is stated in the table
     data = make_dataset(args.n_images, seed=args.seed)
     x, y = data.images.numpy(), data.labels.numpy()
     masks = data.object_masks.numpy()[:, None].astype(np.float32)
+    command = (f"python -m benchmarks.integrations --archs {args.archs} --n-images {args.n_images} "
+               f"--seed {args.seed} --ias-steps {args.ias_steps} --threads {args.threads}")
+    if args.figure:
+        figure(args.figure, load_reference_model(args.archs.split(",")[0], "clean"), data)
+    results, done_seconds = [], 0.0
+    saved = RESULTS / f"{args.name}.json"
+    if args.resume and saved.exists():
+        previous = json.loads(saved.read_text())
+        if previous["meta"]["command"] == command:
+            results = previous["results"]
+            done_seconds = sum(r["seconds"] for r in results)
     start = time.perf_counter()
-    results, figure_panels = [], {}
     for arch in args.archs.split(","):
         model = load_reference_model(arch, "clean")
         for name, kwargs in methods(args.ias_steps).items():
+            if any(r["arch"] == arch and r["method"] == name for r in results):
+                continue
             t0 = time.perf_counter()
             explain_func = random_maps if kwargs is None else explain
             maps, scores = quantus_scores(model, x, y, masks, explain_func, kwargs or {})
             scores.update(grad_cam_scores(model, data.images, data.labels, maps))
             results.append({"arch": arch, "method": name, "seconds": time.perf_counter() - t0,
-                             "scores": {k: None if v is None else [float(e) for e in v] for k, v in scores.items()}})
+                            "scores": {k: None if v is None else [float(e) for e in v] for k, v in scores.items()}})
             print(arch, name, {k: None if v is None else round(float(np.mean(v)), 3) for k, v in scores.items()},
                   f"{results[-1]['seconds']:.0f}s", flush=True)
-            if arch == args.archs.split(",")[0] and name in ("Grad-CAM", "SISE", "InputAgnosticSaliency"):
-                figure_panels[name] = attributions_to_cams(torch.from_numpy(maps[:4]))
-    total = time.perf_counter() - start
-    if args.figure:
-        draw_figure(args.figure, (data.images[:4], figure_panels))
-    command = (f"python -m benchmarks.integrations --archs {args.archs} --n-images {args.n_images} "
-               f"--seed {args.seed} --ias-steps {args.ias_steps} --threads {args.threads}")
-    write(results, command, total, args)
+            # written after every row, so an interrupted run keeps what it measured (see --resume)
+            write(results, command, done_seconds + time.perf_counter() - start, args)
 
 
 def write(results, command, total, args):
@@ -196,9 +215,12 @@ def write(results, command, total, args):
                 if row["scores"][column] is None:
                     cells.append("refused (all-zero maps)")
                     continue
-                value = float(np.mean(row["scores"][column]))
+                values = np.asarray(row["scores"][column], dtype=float)
+                undefined = int(np.isnan(values).sum())  # e.g. a rank correlation with a constant map
+                value = float(np.nanmean(values)) if undefined < len(values) else float("nan")
                 agnostic = row["method"] == "InputAgnosticSaliency" and column == "max_sensitivity"
-                cells.append(f"{value:.3f}" + (" (by construction)" if agnostic else ""))
+                cells.append(f"{value:.3f}" + (" (by construction)" if agnostic else "")
+                             + (f" ({undefined} undefined)" if undefined else ""))
             lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 

@@ -212,6 +212,25 @@ def test_quantus_randomisation_rebinds_an_object_to_the_randomised_model(world):
     assert _hooks(model) == 0
 
 
+def test_explain_rebinds_nested_objects_and_their_layers_to_another_model(world):
+    """A NoiseTunnel over a layer method, built on one model, explains a re-initialised copy as if built on it."""
+    import copy
+
+    model, data = world
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x, y = data.images[:2].numpy(), data.labels[:2].numpy()
+    kw = dict(nt_samples=2, stdevs=0.0)
+    built_on_model = NoiseTunnel(LayerGradCam(model, model.features.block4))
+    built_on_other = NoiseTunnel(LayerGradCam(other, other.features.block4))
+    rebound = explain(other, x, y, method=built_on_model, **kw)
+    np.testing.assert_allclose(rebound, explain(other, x, y, method=built_on_other, **kw), atol=1e-6)
+    assert not np.allclose(rebound, explain(model, x, y, method=built_on_model, **kw))
+    assert built_on_model.attribution_method.layer is model.features.block4  # the user's object is untouched
+
+
 def test_quantus_random_logit_runs_on_sise(world):
     model, data = world
     metric = quantus.RandomLogit(num_classes=5, seed=0, disable_warnings=True)
