@@ -12,7 +12,6 @@ module gets its page without an edit here.
 """
 import importlib
 import inspect
-import os
 import pkgutil
 import sys
 from pathlib import Path

@@ -1,5 +1,4 @@
 """quantus and pytorch-grad-cam adapters, checked with the real tools on the reference world."""
-import math
 import warnings
 
 import numpy as np
