@@ -22,7 +22,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     demo.add_argument("--images", type=int_in(1, len(CLASS_NAMES), "the demo shows one test image per class"),
                       default=4, help=f"test images per architecture, 1 to {len(CLASS_NAMES)} (default 4)")
     demo.add_argument("--methods", type=name_list([s.name for s in LINEUP]), default=[],
-                      help="line-up methods, comma separated (default: all): " + ", ".join(s.name for s in LINEUP))
+                      help="line-up methods, comma separated (default: all): "
+                      + ", ".join(s.name for s in LINEUP).replace("%", "%%"))
     demo.add_argument("--no-photos", action="store_true", help="skip the real-photo part")
     demo.add_argument("--quick", action="store_true", help="fewer optimisation steps for the global methods")
     demo.add_argument("--force", action="store_true", help="overwrite the files of an existing --out folder")

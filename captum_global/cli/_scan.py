@@ -161,7 +161,6 @@ def run(args: argparse.Namespace) -> int:
     methods = ["ours", "neural-cleanse"] if args.method == "both" else [args.method]
     for method in methods:
         _scan_function(method)
-    prepare_output(args.out, args.force, SCAN_FILES)  # refuse early, before minutes of work
     model, description, input_shape, reference = model_from_args(args)
     with torch.no_grad():
         num_classes = int(model(torch.zeros(1, *input_shape)).shape[-1])
@@ -171,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         if len(args.classes) < 3 or max(args.classes) >= num_classes:
             raise UsageError(f"--classes needs at least 3 distinct classes in 0..{num_classes - 1}, "
                              f"got {args.classes}")
+    prepare_output(args.out, args.force, SCAN_FILES)  # refuse before minutes of work
     trigger_mask = None
     if reference is not None:
         from captum_global.world import CLASS_NAMES, reference_trigger

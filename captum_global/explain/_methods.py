@@ -10,6 +10,7 @@ import inspect
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from captum_global._model_state import find_module
@@ -70,6 +71,13 @@ def resolve_method(model: nn.Module, method: Any, layer: Any, example: Tensor,
                                        f"{method_names()} (case, '-' and '_' do not matter)")
         needs = _constructor_needs(cls)
         layer_name = None
+        if ("layer" in needs or cls.__name__ == "SISE") and any(
+                isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+            raise InvalidArgumentError(
+                f"method {cls.__name__} reads a layer through hooks, which TorchScript models do not support; "
+                "use a method that needs only the output (e.g. IntegratedGradients, Saliency, Occlusion) or "
+                "load the model as a state dict with its architecture"
+            )
         if "layer" in needs:
             if layer is None:
                 layer_module = last_spatial_layer(model, example)

@@ -156,5 +156,12 @@ def _write_shard(folder: Path, k: int, start: int, attributions: Tensor, targets
                "indices": torch.arange(start, start + n, dtype=torch.int64)}
     final = folder / shard_file_name(k)
     temp = folder / f".{final.name}.{os.getpid()}.tmp"
-    save_file(tensors, str(temp), metadata={"format": FORMAT, "shard": str(k)})
+    save_file(tensors, str(temp), metadata={"format": FORMAT})  # one key: the header bytes are then stable
+    os.chmod(temp, 0o666 & ~_umask())  # the writer creates 0600 files; give them the usual mode
     os.replace(temp, final)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
