@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -229,7 +230,7 @@ def _target_rule(target: Any, n_examples: int, n_classes: int):
                                            f"{start + int(bad.nonzero()[0])} is not a class 0..{n_classes - 1}")
             return labels
         return from_labels, "labels"
-    if isinstance(target, (Tensor, list, tuple)) and not isinstance(target, tuple):
+    if isinstance(target, (Tensor, list, np.ndarray)):
         parsed = parse_target(target, n_examples).checked((n_examples, n_classes))
         classes = torch.tensor(parsed.classes(), dtype=torch.int64)
         return (lambda model, inputs, labels, start, stop: classes[start:stop]), \
