@@ -227,6 +227,25 @@ def test_explain_a_user_torchscript_model_on_a_tensor_file(user_files, tmp_path,
     assert "TorchScript models do not support" in err
 
 
+def test_a_model_returning_nan_ends_with_status_1_and_one_line(user_files, tmp_path, capsys, monkeypatch):
+    (tmp_path / "nan_models.py").write_text(
+        "import torch\n\n"
+        "class NanNet(torch.nn.Module):\n"
+        "    def __init__(self, num_classes=3):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(3, num_classes)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.mean((2, 3))) * float('nan')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    save_file({"fc.weight": torch.ones(3, 3), "fc.bias": torch.zeros(3)}, str(tmp_path / "nan.safetensors"))
+    status = main(["explain", "--method", "saliency", "--model", str(tmp_path / "nan.safetensors"), "--arch",
+                   "nan_models:NanNet", "--input-shape", "3,64,64", "--images", str(user_files / "imgs"),
+                   "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("captum-global explain: error:") and "NaN or infinity" in err
+    assert "Traceback" not in err and not list((tmp_path / "out").glob("shard-*"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -226,6 +226,10 @@ def test_non_finite_maps_are_an_error_and_state_is_kept(tmp_path):
                         x, tmp_path / "nan", batch_size=2)
     assert not (tmp_path / "nan" / "shard-00001.safetensors").exists()
     assert model.training and torch.equal(torch.rand(3), expected_draw)
+    bad = x.clone()
+    bad[3, 1, 2, 2] = float("inf")
+    with pytest.raises(InvalidArgumentError, match="data: examples 2-3 hold NaN or infinite values"):
+        explain_dataset(model, "saliency", bad, tmp_path / "inf", batch_size=2)
 
 
 def test_two_gloo_processes_write_the_same_files_as_one(tmp_path):

@@ -10,8 +10,9 @@ Subcommands:
     explain     explain every image of a folder with any attribution and
                 write the maps to shard files (resumable, torchrun-ready)
 
-Exit status: 0 done, 2 a usage error (argparse's usage message and the
-error on stderr, never a traceback), 130 interrupted.
+Exit status: 0 done, 1 the run failed (the model returned NaN or
+infinity), 2 a usage error (argparse's usage message and the error on
+stderr, never a traceback), 130 interrupted.
 """
 from captum_global.cli._main import build_parser, main
 

@@ -9,7 +9,8 @@ from captum_global.cli._args import UsageError
 _COMMANDS = {"demo": _demo, "scan": _scan, "layers": _layers, "explain": _explain}
 _DESCRIPTION = ("Global and multi-layer visual explanations for Captum: run the demo, scan a model for a "
                 "backdoor, list the layers SISE reads, explain a dataset.")
-_EPILOG = "Exit status: 0 done, 2 a usage error (the message says which argument), 130 interrupted."
+_EPILOG = ("Exit status: 0 done, 1 the run failed (the model returned NaN or infinity), 2 a usage error "
+           "(the message says which argument), 130 interrupted.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     folder that exists, a value the library refuses), end with the usage
     message and the error on stderr and ``SystemExit(2)``, never a traceback.
     """
-    from captum_global.errors import InvalidArgumentError
+    from captum_global.errors import InvalidArgumentError, NonFiniteOutputError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -43,6 +44,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _COMMANDS[args.command].run(args)
     except (UsageError, InvalidArgumentError) as error:
         _subparser(parser, args.command).error(str(error))
+    except NonFiniteOutputError as error:
+        print(f"captum-global {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         hint = "; run the same command again to resume" if args.command == "explain" else ""
         print(f"captum-global {args.command}: interrupted{hint}", file=sys.stderr)

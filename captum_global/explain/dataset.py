@@ -154,6 +154,8 @@ def explain_dataset(
             with bar:
                 for (k, start, stop), batch in zip(mine, loader):
                     inputs, labels = split_batch(batch)
+                    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+                        raise InvalidArgumentError(f"data: examples {start}-{stop - 1} hold NaN or infinite values")
                     inputs = inputs.to(device)
                     targets = targets_for(model, inputs, labels, start, stop)
                     with seeded_global_rng(_shard_seed(seed, k)):
