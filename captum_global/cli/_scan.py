@@ -27,6 +27,8 @@ from captum_global.cli._args import (
 )
 
 METHODS = {"ours": "scan_for_backdoor", "neural-cleanse": "neural_cleanse"}
+# --steps is the length of each method's optimisation, under the option name the method takes
+STEP_OPTION = {"ours": "n_steps", "neural-cleanse": "n_epochs"}
 SCAN_FILES = ("scan.json", "maps_*.png", "trigger_*.png")
 # Reference-world images no reference model was trained on (the demo's test split).
 _CLEAN_SEED = 20_261_123
@@ -48,8 +50,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                       help="our input-agnostic scan, Neural Cleanse, or both (default ours)")
     scan.add_argument("--classes", type=int_list, help="class indices to scan, comma separated (default all; "
                                                        "at least 3 for the anomaly index)")
-    scan.add_argument("--steps", type=int_in(1, 100_000), default=150, help="optimisation steps per class "
-                                                                             "(default 150)")
+    scan.add_argument("--steps", type=int_in(1, 100_000), default=None,
+                      help="length of the optimisation per class: steps of ours, epochs of Neural Cleanse "
+                           "(default: each method's own)")
     scan.add_argument("--threshold", type=positive_float, default=2.0,
                       help="anomaly index above which a class is flagged (default 2, as Neural Cleanse)")
     scan.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the optimisation")
@@ -96,7 +99,9 @@ def _run_one(method: str, model, example: Tensor, clean: Optional[Tensor], args,
     function = _scan_function(method)
     parameters = inspect.signature(function).parameters
     options: Dict[str, Any] = dict(classes=args.classes, trigger_mask=trigger_mask, threshold=args.threshold,
-                                   seed=args.seed, show_progress=not args.quiet, n_steps=args.steps)
+                                   seed=args.seed, show_progress=not args.quiet)
+    if args.steps is not None:
+        options[STEP_OPTION[method]] = args.steps
     if method == "neural-cleanse":
         if clean is None:
             raise UsageError("--method neural-cleanse needs clean samples: pass --clean DIR|FILE")
