@@ -94,6 +94,8 @@ BAD_ARGUMENTS = [
     (["scan", "--input-shape", "3,64"], "argument --input-shape: expected C,H,W"),
     (["scan", "--input-shape", "3,64,64"], "--input-shape describe your own model"),
     (["scan", "--model", "no/such/file.pt"], "argument --model: no such file"),
+    (["scan", "--reference", "vgg_nosuch"], "--reference 'vgg_nosuch' is not a shipped reference model; known: ["),
+    (["scan", "--reference", "vgg_patch", "--variant", "clean"], "leave out --arch and --variant"),
     (["scan", "--mean", "0.5,abc"], "argument --mean: expected a number"),
     (["explain", "--method", "sise", "--images", "no/such/dir", "--out", "x"], "argument --images: no such file"),
     (["explain", "--method", "sise", "--images", ".", "--out", "x", "--method-args", "[1]"],
@@ -123,6 +125,8 @@ def test_errors_found_after_parsing_end_the_same_way(user_files, tmp_path, capsy
         (["scan", "--model", model, "--arch", "vgg", "--input-shape", "1,64,64"], "does not run on inputs"),
         (["scan", "--model", model, "--arch", "vgg", "--input-shape", "3,64,64", "--variant", "patch"],
          "--variant chooses a reference model"),
+        (["scan", "--model", model, "--arch", "vgg", "--input-shape", "3,64,64", "--reference", "vgg_patch"],
+         "--reference and --model both name a model"),
         (["explain", "--method", "Occlusion", "--images", str(user_files / "clean.safetensors"),
           "--out", str(tmp_path / "occ")], "needs ['sliding_window_shapes']"),
         (["explain", "--method", "NoSuchMethod", "--images", str(user_files / "imgs"), "--out", str(tmp_path / "n")],
@@ -171,11 +175,19 @@ def test_scan_a_reference_model_by_name(tmp_path, capsys):
     assert "== ours ==" in printed and all(name in printed for name in ("disk", "square", "triangle", "cross", "ring"))
     assert sorted(p.name for p in out.iterdir()) == ["maps_ours.png", "scan.json", "trigger_ours.png"]
     report = json.loads((out / "scan.json").read_text())
-    assert report["model"] == {"reference": "vgg_patch", "arch": "vgg", "variant": "patch"}
+    assert report["model"] == {"reference": "vgg_patch"}
     scan = report["methods"]["ours"]
     assert scan["classes"] == [0, 1, 2, 3, 4] and len(scan["anomaly_index"]) == 5
     assert report["settings"]["steps"] == 2
     assert (out / "maps_ours.png").stat().st_size > 5_000 and (out / "trigger_ours.png").stat().st_size > 2_000
+
+
+def test_scan_by_reference_name_reports_the_planted_trigger(tmp_path, capsys):
+    out = tmp_path / "blended"
+    assert main(["scan", "--reference", "resnet_blended", "--classes", "0,1,2", "--steps", "1", "--out", str(out),
+                 "--quiet"]) == 0
+    assert "trigger" in capsys.readouterr().out  # the per-class energy (or localisation) on the planted trigger
+    assert json.loads((out / "scan.json").read_text())["model"] == {"reference": "resnet_blended"}
 
 
 def test_scan_a_user_state_dict_with_clean_samples(user_files, tmp_path, capsys):

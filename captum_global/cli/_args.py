@@ -161,6 +161,9 @@ def arch_name(text: str) -> str:
 def add_model_options(parser: argparse.ArgumentParser, default_variant: str) -> None:
     """The options that choose the model: a reference model, or a user's file."""
     group = parser.add_argument_group("model", "a reference model (default), or your own with --model")
+    group.add_argument("--reference", metavar="NAME",
+                       help="a shipped reference model by name, e.g. vgg_patch (see docs/use/cli.md); the same as "
+                            "--arch/--variant for the six original models")
     group.add_argument("--model", type=existing_file, metavar="FILE",
                        help="your model: a TorchScript file, or a state dict (.safetensors, or a torch.save file "
                             "of tensors, read with weights_only=True) with --arch; never unpickled")
@@ -182,22 +185,48 @@ def add_model_options(parser: argparse.ArgumentParser, default_variant: str) -> 
     parser.set_defaults(default_variant=default_variant)
 
 
+def reference_models() -> Dict[str, Tuple[Callable[[], Any], Any]]:
+    """Shipped reference models by name: ``name -> (load, planted trigger or None)``.
+
+    The reference zoo when this version has one, else the six original
+    models ``{vgg,resnet}_{clean,patch,blended}``.
+    """
+    from captum_global import world
+
+    zoo = getattr(world, "reference_zoo", None)
+    if zoo is not None:
+        return {entry.name: (entry.load, entry.trigger) for entry in zoo()}
+    from captum_global.world import VARIANTS, load_reference_model, reference_trigger
+
+    return {f"{arch}_{variant}": ((lambda a=arch, v=variant: load_reference_model(a, v)),
+                                  None if variant == "clean" else reference_trigger(variant))
+            for arch in REFERENCE_ARCHS for variant in VARIANTS}
+
+
 def model_from_args(args: argparse.Namespace):
-    """``(model, description, input_shape, reference)``; ``reference`` is ``(arch, variant)`` or None."""
+    """``(model, description, input_shape, trigger)``; ``trigger`` is the planted one of a reference model."""
     if args.model is None:
         user_only = [flag for flag, value in (("--num-classes", args.num_classes), ("--input-shape", args.input_shape),
                                              ("--mean", args.mean), ("--std", args.std),
                                              ("--value-range", args.value_range)) if value is not None]
         if user_only:
             raise UsageError(f"{', '.join(user_only)} describe your own model: give it with --model FILE")
-        arch = args.arch or "vgg"
-        if arch not in REFERENCE_ARCHS:
-            raise UsageError(f"--arch {arch} without --model: the reference architectures are vgg and resnet")
-        variant = args.variant or args.default_variant
-        from captum_global.world import load_reference_model
-
-        description = {"reference": f"{arch}_{variant}", "arch": arch, "variant": variant}
-        return load_reference_model(arch, variant), description, REFERENCE_INPUT, (arch, variant)
+        if args.reference is not None:
+            if args.arch is not None or args.variant is not None:
+                raise UsageError("--reference names the model: leave out --arch and --variant")
+            name = args.reference
+        else:
+            arch = args.arch or "vgg"
+            if arch not in REFERENCE_ARCHS:
+                raise UsageError(f"--arch {arch} without --model: the reference architectures are vgg and resnet")
+            name = f"{arch}_{args.variant or args.default_variant}"
+        known = reference_models()
+        if name not in known:
+            raise UsageError(f"--reference {name!r} is not a shipped reference model; known: {sorted(known)}")
+        load, trigger = known[name]
+        return load().eval(), {"reference": name}, REFERENCE_INPUT, trigger
+    if args.reference is not None:
+        raise UsageError("--reference and --model both name a model: give one")
     if args.variant is not None:
         raise UsageError("--variant chooses a reference model; it does not apply to --model")
     if args.input_shape is None:

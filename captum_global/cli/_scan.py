@@ -62,9 +62,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return scan
 
 
-def _clean_samples(args: argparse.Namespace, input_shape, reference) -> Optional[Tensor]:
+def _clean_samples(args: argparse.Namespace, input_shape, reference: bool) -> Optional[Tensor]:
     if args.clean is None:
-        if reference is None:
+        if not reference:
             return None
         from captum_global.world import make_dataset
 
@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     methods = ["ours", "neural-cleanse"] if args.method == "both" else [args.method]
     for method in methods:
         _scan_function(method)
-    model, description, input_shape, reference = model_from_args(args)
+    model, description, input_shape, trigger = model_from_args(args)
+    reference = "reference" in description
     with torch.no_grad():
         num_classes = int(model(torch.zeros(1, *input_shape)).shape[-1])
     if num_classes < 3:
@@ -176,13 +177,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--classes needs at least 3 distinct classes in 0..{num_classes - 1}, "
                              f"got {args.classes}")
     prepare_output(args.out, args.force, SCAN_FILES)  # refuse before minutes of work
-    trigger_mask = None
-    if reference is not None:
-        from captum_global.world import CLASS_NAMES, reference_trigger
+    trigger_mask = None if trigger is None else trigger.mask(*input_shape[1:])
+    if reference:
+        from captum_global.world import CLASS_NAMES
 
         class_names = list(CLASS_NAMES)
-        if reference[1] != "clean":
-            trigger_mask = reference_trigger(reference[1], input_shape[-1]).mask(*input_shape[1:])
     else:
         class_names = [f"class {c}" for c in range(num_classes)]
     clean = _clean_samples(args, input_shape, reference)
