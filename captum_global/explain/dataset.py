@@ -3,7 +3,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from captum_global._checks import check_bool, check_finite_output, check_int, check_model_output, check_module
+from captum_global._checks import check_bool, check_finite_output, check_model_output, check_module
 from captum_global._model_state import preserved_model_state
 from captum_global._seeding import check_seed, preserved_global_rng, seeded_global_rng
 from captum_global._targets import parse_target

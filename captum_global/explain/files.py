@@ -25,7 +25,6 @@ TensorFlow without running code, e.g.
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
@@ -39,7 +38,6 @@ __all__ = ["FORMAT", "INDEX_FILE", "Explanations", "read_explanations", "shard_f
 
 FORMAT = "captum_global.explanations/1"
 INDEX_FILE = "index.json"
-_TEMP = re.compile(r"^\..+\.\d+\.tmp$")
 
 
 def shard_file_name(k: int) -> str:

@@ -20,38 +20,23 @@ value range (``[0, 255]``, ``[-1, 1]``) are wrapped in
 :class:`NormalizedModel`, so every method of this package passes ``[0, 1]``
 images to them, as it does to the reference models.
 """
-import csv
 import difflib
 import importlib
 import inspect
-import json
-import pickle
-import re
-import struct
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from captum_global._checks import check_int, check_number, check_value_range
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
+from captum_global.loading.tensors import _check_file, _file_kind, _first_line, _read_tensors
 
-__all__ = [
-    "load_model",
-    "build_architecture",
-    "NormalizedModel",
-    "torchvision_classifiers",
-    "load_tensor",
-    "ImageFiles",
-    "IMAGE_EXTENSIONS",
-]
+__all__ = ["load_model", "build_architecture", "NormalizedModel", "torchvision_classifiers"]
 
 PathLike = Union[str, Path]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Keys under which training scripts commonly nest the weights of a checkpoint.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 # Prefixes that wrappers add to every key: DataParallel/DDP and torch.compile.
@@ -116,70 +101,6 @@ def torchvision_classifiers() -> List[str]:
     import torchvision.models as tvm
 
     return sorted(tvm.list_models(module=tvm))
-
-
-def _check_file(path: PathLike, argument: str) -> Path:
-    if not isinstance(path, (str, Path)):
-        raise InvalidArgumentTypeError(f"{argument} must be a file path, got {type(path).__name__}")
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgumentError(f"{argument}: no such file: {str(path)!r}")
-    return path
-
-
-def _file_kind(path: Path) -> str:
-    """``"torchscript"``, ``"safetensors"`` or ``"torch"`` (a torch.save file) from the content."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-            return "torchscript"
-        return "torch"
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if len(head) == 9:
-        # safetensors: an 8-byte little-endian header length, then a JSON header
-        (length,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 0 < length <= path.stat().st_size - 8:
-            return "safetensors"
-    return "torch"
-
-
-def _read_tensors(path: Path, argument: str, map_location: Any = "cpu") -> Any:
-    """What ``path`` holds, read without unpickling arbitrary objects."""
-    kind = _file_kind(path)
-    if kind == "safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device=str(map_location))
-        except Exception as error:  # a damaged header or data section
-            raise InvalidArgumentError(f"{argument}: {str(path)!r} is not a readable safetensors file: {error}")
-    if kind == "torchscript":
-        raise InvalidArgumentError(
-            f"{argument}: {str(path)!r} is a TorchScript model, not a file of tensors"
-        )
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as error:
-        raise InvalidArgumentError(
-            f"{argument}: {str(path)!r} cannot be read with torch.load(weights_only=True) ({_unpickling_reason(error)}). "
-            "captum_global never unpickles arbitrary Python objects: save the weights with "
-            "torch.save(model.state_dict(), path) or safetensors, or the whole model with torch.jit.save"
-        ) from None
-
-
-def _unpickling_reason(error: BaseException) -> str:
-    # torch's message suggests weights_only=False; keep only the reason (the refused global)
-    for line in str(error).splitlines():
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return re.sub(r"\x1b\[[0-9;]*m", "", line.split("error:", 1)[-1]).split(". Please")[0].strip()
-    return re.sub(r"\x1b\[[0-9;]*m", "", _first_line(error))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _state_dict_from(content: Any, path: Path) -> Dict[str, Tensor]:
@@ -412,133 +333,3 @@ def load_model(
     if input_shape is not None:
         _check_runs(model, path, input_shape, num_classes)
     return model
-
-
-def load_tensor(path: PathLike, argument: str = "path", dims: Optional[Sequence[int]] = None) -> Tensor:
-    """One tensor from a safetensors file or a ``torch.save`` file, read safely.
-
-    The file holds a tensor, or a mapping with exactly one tensor (a
-    safetensors file always is a mapping). Never unpickles Python objects.
-
-    Args:
-        path: the file.
-        argument: the name used in error messages (e.g. ``"--clean"``).
-        dims: allowed numbers of dimensions, e.g. ``(4,)``.
-
-    Examples::
-
-        >>> import tempfile, torch
-        >>> from captum_global.loading import load_tensor
-        >>> path = tempfile.mkdtemp() + "/images.pt"
-        >>> torch.save(torch.zeros(2, 3, 8, 8), path)
-        >>> load_tensor(path, dims=(4,)).shape
-        torch.Size([2, 3, 8, 8])
-    """
-    path = _check_file(path, argument)
-    content = _read_tensors(path, argument)
-    if isinstance(content, Mapping):
-        tensors = [v for v in content.values() if isinstance(v, Tensor)]
-        if len(tensors) != 1 or len(content) != 1:
-            raise InvalidArgumentError(
-                f"{argument}: {str(path)!r} must hold one tensor, got keys {[str(k) for k in list(content)[:_SHOWN]]}"
-            )
-        content = tensors[0]
-    if not isinstance(content, Tensor):
-        raise InvalidArgumentError(f"{argument}: {str(path)!r} holds a {type(content).__name__}, not a tensor")
-    if dims is not None and content.dim() not in dims:
-        raise InvalidArgumentError(f"{argument}: {str(path)!r} holds a tensor of shape {tuple(content.shape)}; "
-                                   f"expected {' or '.join(f'{d}-D' for d in dims)}")
-    return content
-
-
-class ImageFiles(Dataset):
-    """The image files of a folder (and its sub-folders) as a dataset, in sorted order.
-
-    Item ``i`` is the image ``[C, H, W]`` in ``[0, 1]`` (RGB for
-    ``channels=3``, grey for ``channels=1``), resized to ``size``; or
-    ``(image, label)`` when ``labels`` is given.
-
-    Args:
-        root: the folder.
-        size: ``(H, W)`` every image is resized to (bilinear); default the
-            size of the first image (then all images must have it).
-        channels: 3 or 1.
-        labels: a CSV file of ``file,label`` rows (an optional header row),
-            a JSON file ``{"file": label}``, or a mapping; files are named by
-            their path relative to ``root`` with ``/`` separators.
-
-    Attributes:
-        names: the relative file names, in item order.
-        labels: the labels in item order, or ``None``.
-    """
-
-    def __init__(self, root: PathLike, size: Optional[Tuple[int, int]] = None, channels: int = 3,
-                 labels: Union[None, PathLike, Mapping[str, int]] = None) -> None:
-        from PIL import Image
-
-        root = Path(root)
-        if not root.is_dir():
-            raise InvalidArgumentError(f"images: no such folder: {str(root)!r}")
-        self.root = root
-        self.files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not self.files:
-            raise InvalidArgumentError(f"images: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {str(root)!r}")
-        self.names = [p.relative_to(root).as_posix() for p in self.files]
-        self.channels = check_int(channels, "channels", minimum=1)
-        if self.channels not in (1, 3):
-            raise InvalidArgumentError(f"channels must be 1 or 3, got {channels}")
-        if size is None:
-            with Image.open(self.files[0]) as first:
-                size = (first.height, first.width)
-        self.size = (check_int(size[0], "size[0]", minimum=1), check_int(size[1], "size[1]", minimum=1))
-        self.labels = None if labels is None else _labels_for(self.names, labels)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int):
-        import numpy as np
-        from PIL import Image
-
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB" if self.channels == 3 else "L")
-                if (image.height, image.width) != self.size:
-                    image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
-                array = np.asarray(image, dtype=np.float32) / 255.0
-        except OSError as error:
-            raise InvalidArgumentError(f"images: cannot read {str(path)!r}: {error}") from None
-        tensor = torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1)).permute(2, 0, 1).contiguous()
-        return tensor if self.labels is None else (tensor, self.labels[index])
-
-
-def _labels_for(names: List[str], labels: Union[PathLike, Mapping[str, int]]) -> List[int]:
-    if not isinstance(labels, Mapping):
-        path = _check_file(labels, "labels")
-        text = path.read_text()
-        if path.suffix.lower() == ".json":
-            try:
-                labels = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise InvalidArgumentError(f"labels: {str(path)!r} is not valid JSON: {error}") from None
-            if not isinstance(labels, dict):
-                raise InvalidArgumentError(f"labels: {str(path)!r} must hold a JSON object {{file: label}}")
-        else:
-            rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
-            if rows and not rows[0][-1].strip().lstrip("-").isdigit():
-                rows = rows[1:]  # a header row
-            if any(len(r) != 2 for r in rows):
-                raise InvalidArgumentError(f"labels: {str(path)!r} must have rows 'file,label'")
-            labels = {r[0].strip(): r[1].strip() for r in rows}
-    missing = [n for n in names if n not in labels]
-    if missing:
-        raise InvalidArgumentError(f"labels: no label for {len(missing)} image(s), e.g. {missing[:_SHOWN]}")
-    out = []
-    for name in names:
-        value = labels[name]
-        try:
-            out.append(check_int(int(value) if isinstance(value, str) else value, f"labels[{name!r}]", minimum=0))
-        except ValueError:
-            raise InvalidArgumentError(f"labels[{name!r}] must be a class index, got {value!r}") from None
-    return out
