@@ -1,4 +1,4 @@
-"""Load a user's model, tensors and image folders without running untrusted code.
+"""Load a user's classifier from a file without running untrusted code.
 
 A model comes either as a **TorchScript** file (``torch.jit.save``; the
 file carries its own architecture) or as a **state dict** (a safetensors

@@ -70,7 +70,8 @@ def _read_tensors(path: Path, argument: str, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError, ValueError) as error:
         raise InvalidArgumentError(
-            f"{argument}: {str(path)!r} cannot be read with torch.load(weights_only=True) ({_unpickling_reason(error)}). "
+            f"{argument}: {str(path)!r} cannot be read with torch.load(weights_only=True) "
+            f"({_unpickling_reason(error)}). "
             "captum_global never unpickles arbitrary Python objects: save the weights with "
             "torch.save(model.state_dict(), path) or safetensors, or the whole model with torch.jit.save"
         ) from None
