@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from captum_global._checks import check_bool, check_finite_output, check_model_output, check_module
 from captum_global._model_state import preserved_model_state
-from captum_global._seeding import check_seed, preserved_global_rng, seeded_global_rng
+from captum_global._seeding import check_seed, cuda_devices, preserved_global_rng, seeded_global_rng
 from captum_global._targets import parse_target
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.explain._data import as_dataset, split_batch
@@ -129,8 +129,8 @@ def explain_dataset(
     n_examples = len(dataset)
     plan = [(k, start, min(start + shard_size, n_examples)) for k, start in enumerate(range(0, n_examples, shard_size))]
     rank, world = _process_group()
-    device = _device_of(model)
-    with preserved_model_state(model), preserved_global_rng():
+    device, devices = _device_of(model), cuda_devices(model)
+    with preserved_model_state(model), preserved_global_rng(devices):
         example = split_batch(collate([dataset[0]]))[0].to(device)
         with torch.no_grad():
             output = check_model_output(model(example), "model")
@@ -158,7 +158,7 @@ def explain_dataset(
                         raise InvalidArgumentError(f"data: examples {start}-{stop - 1} hold NaN or infinite values")
                     inputs = inputs.to(device)
                     targets = targets_for(model, inputs, labels, start, stop)
-                    with seeded_global_rng(_shard_seed(seed, k)):
+                    with seeded_global_rng(_shard_seed(seed, k), devices):
                         maps = explain(inputs, targets)
                     maps = _checked_maps(maps, stop - start, settings["method"], k, start, stop)
                     _write_shard(out, k, start, maps, targets)
