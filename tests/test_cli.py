@@ -258,6 +258,39 @@ def test_a_model_returning_nan_ends_with_status_1_and_one_line(user_files, tmp_p
     assert "Traceback" not in err and not list((tmp_path / "out").glob("shard-*"))
 
 
+def test_explain_interrupted_by_ctrl_c_resumes(user_files, tmp_path, capsys, monkeypatch):
+    (tmp_path / "flaky_models.py").write_text(
+        "import torch\n\n"
+        "CALLS = {'left': None}\n\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self, num_classes=5):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(3, num_classes)\n\n"
+        "    def forward(self, x):\n"
+        "        if CALLS['left'] is not None:\n"
+        "            CALLS['left'] -= 1\n"
+        "            if CALLS['left'] < 0:\n"
+        "                raise KeyboardInterrupt  # Ctrl-C in the middle of the run\n"
+        "        return self.fc(x.mean((2, 3)))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import flaky_models
+
+    torch.manual_seed(0)
+    save_file({f"fc.{k}": v for k, v in torch.nn.Linear(3, 5).state_dict().items()}, str(tmp_path / "w.safetensors"))
+    argv = ["explain", "--method", "saliency", "--model", str(tmp_path / "w.safetensors"), "--arch",
+            "flaky_models:Net", "--input-shape", "3,64,64", "--images", str(user_files / "imgs"),
+            "--batch-size", "2", "--quiet"]
+    assert main(argv + ["--out", str(tmp_path / "whole")]) == 0
+    flaky_models.CALLS["left"] = 5  # load check, set-up, then two passes per shard: stops in shard 1
+    assert main(argv + ["--out", str(tmp_path / "cut")]) == 130
+    assert "interrupted; run the same command again to resume" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "cut").glob("shard-*")] == ["shard-00000.safetensors"]
+    flaky_models.CALLS["left"] = None
+    assert main(argv + ["--out", str(tmp_path / "cut")]) == 0
+    for name in ["index.json"] + [f"shard-0000{k}.safetensors" for k in range(3)]:
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
