@@ -91,9 +91,26 @@ class Explanations:
 def read_explanations(folder: Union[str, Path]) -> Explanations:
     """Open a folder written by :func:`~captum_global.explain.explain_dataset`.
 
+    Args:
+        folder: the folder ``explain_dataset`` (or ``captum-global explain``) wrote.
+
+    Returns:
+        :class:`Explanations`.
+
     Raises:
         InvalidArgumentError: no index, another format, an unfinished run
             (rerun the same call or command to finish it) or a missing shard.
+
+    Examples::
+
+        >>> import tempfile, torch
+        >>> from captum_global.explain import explain_dataset, read_explanations
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = explain_dataset(net, "Saliency", torch.rand(5, 3, 2, 2), folder, batch_size=2)
+        >>> done = read_explanations(folder)
+        >>> len(done), done.num_shards, done.shard(2)["indices"].tolist(), done.index["map_shape"]
+        (5, 3, [4], [3, 2, 2])
     """
     folder = Path(folder)
     path = folder / INDEX_FILE

@@ -37,6 +37,18 @@ class ImageFiles(Dataset):
     Attributes:
         names: the relative file names, in item order.
         labels: the labels in item order, or ``None``.
+
+    Examples::
+
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> from captum_global.loading import ImageFiles
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("b.png", "a.png"):
+        ...     Image.new("RGB", (8, 6), (255, 0, 0)).save(root / name)
+        >>> files = ImageFiles(root, size=(4, 4), labels={"a.png": 1, "b.png": 0})
+        >>> files.names, files[0][0].shape, files[0][0][:, 0, 0].tolist(), files[0][1]
+        (['a.png', 'b.png'], torch.Size([3, 4, 4]), [1.0, 0.0, 0.0], 1)
     """
 
     def __init__(self, root: PathLike, size: Optional[Tuple[int, int]] = None, channels: int = 3,
