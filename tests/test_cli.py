@@ -3,6 +3,7 @@ the scan of reference and user models, the explain command (also resumed and und
 import builtins
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -186,8 +187,33 @@ def test_scan_by_reference_name_reports_the_planted_trigger(tmp_path, capsys):
     out = tmp_path / "blended"
     assert main(["scan", "--reference", "resnet_blended", "--classes", "0,1,2", "--steps", "1", "--out", str(out),
                  "--quiet"]) == 0
-    assert "trigger" in capsys.readouterr().out  # the per-class energy (or localisation) on the planted trigger
-    assert json.loads((out / "scan.json").read_text())["model"] == {"reference": "resnet_blended"}
+    capsys.readouterr()
+    report = json.loads((out / "scan.json").read_text())
+    assert report["model"] == {"reference": "resnet_blended"}
+    # the planted trigger's region reached the scan: it reports each class's overlap with it
+    # (trigger_energy in the first scan, localisation in the scan with suspected triggers)
+    ours = report["methods"]["ours"]
+    overlap = ours.get("trigger_energy") or ours.get("localisation")
+    assert overlap and len(overlap if isinstance(overlap, list) else next(iter(overlap.values()))) == 3
+
+
+def test_scan_with_both_methods(tmp_path, capsys):
+    from captum_global import backdoor
+
+    out = tmp_path / "both"
+    argv = ["scan", "--reference", "vgg_patch", "--method", "both", "--classes", "0,1,4", "--steps", "1",
+            "--max-clean", "12", "--out", str(out), "--quiet"]
+    if not hasattr(backdoor, "neural_cleanse"):  # until Neural Cleanse lands: refused up front, nothing written
+        assert "has no backdoor.neural_cleanse" in usage_error(argv, capsys) and not out.exists()
+        return
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "== ours ==" in printed and "== neural-cleanse ==" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["maps_neural-cleanse.png", "maps_ours.png", "scan.json",
+                                                     "trigger_neural-cleanse.png", "trigger_ours.png"]
+    report = json.loads((out / "scan.json").read_text())
+    assert set(report["methods"]) == {"ours", "neural-cleanse"} and report["settings"]["clean_samples"] == 12
+    assert all(m["classes"] == [0, 1, 4] for m in report["methods"].values())
 
 
 def test_scan_a_user_state_dict_with_clean_samples(user_files, tmp_path, capsys):
@@ -198,7 +224,9 @@ def test_scan_a_user_state_dict_with_clean_samples(user_files, tmp_path, capsys)
     assert main(argv) == 0
     report = json.loads((out / "scan.json").read_text())
     assert report["model"]["file"] == "vgg_patch.pt" and report["settings"]["clean_samples"] == 6
-    assert "class 4" in capsys.readouterr().out  # a user model's classes have no names
+    printed = capsys.readouterr().out
+    assert "== ours ==" in printed and "classes:" not in printed  # no class names for a user model
+    assert all(re.search(rf"^\s*{c}\s", printed, re.M) for c in range(5))  # a table row per class
 
 
 def test_explain_command_folder_labels_resume_and_force(user_files, tmp_path, capsys):

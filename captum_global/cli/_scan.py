@@ -27,8 +27,9 @@ from captum_global.cli._args import (
 )
 
 METHODS = {"ours": "scan_for_backdoor", "neural-cleanse": "neural_cleanse"}
-# --steps is the length of each method's optimisation, under the option name the method takes
-STEP_OPTION = {"ours": "n_steps", "neural-cleanse": "n_epochs"}
+# --steps is the length of each method's optimisation: epochs of both scans (the first version of our
+# scan, without clean_inputs, took optimisation steps, n_steps)
+STEP_OPTION = {"ours": "n_epochs", "neural-cleanse": "n_epochs"}
 SCAN_FILES = ("scan.json", "maps_*.png", "trigger_*.png")
 # Reference-world images no reference model was trained on (the demo's test split).
 _CLEAN_SEED = 20_261_123
@@ -51,7 +52,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     scan.add_argument("--classes", type=int_list, help="class indices to scan, comma separated (default all; "
                                                        "at least 3 for the anomaly index)")
     scan.add_argument("--steps", type=int_in(1, 100_000), default=None,
-                      help="length of the optimisation per class: steps of ours, epochs of Neural Cleanse "
+                      help="length of the optimisation per class, in epochs over the clean samples "
                            "(default: each method's own)")
     scan.add_argument("--threshold", type=positive_float, default=2.0,
                       help="anomaly index above which a class is flagged (default 2, as Neural Cleanse)")
@@ -101,7 +102,7 @@ def _run_one(method: str, model, example: Tensor, clean: Optional[Tensor], args,
     options: Dict[str, Any] = dict(classes=args.classes, trigger_mask=trigger_mask, threshold=args.threshold,
                                    seed=args.seed, show_progress=not args.quiet)
     if args.steps is not None:
-        options[STEP_OPTION[method]] = args.steps
+        options[STEP_OPTION[method] if "clean_inputs" in parameters or method != "ours" else "n_steps"] = args.steps
     if method == "neural-cleanse":
         if clean is None:
             raise UsageError("--method neural-cleanse needs clean samples: pass --clean DIR|FILE")
@@ -189,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
     report: Dict[str, Any] = {"model": description, "settings": {
         "steps": args.steps, "threshold": args.threshold, "seed": args.seed, "classes": args.classes,
         "clean_samples": 0 if clean is None else int(clean.shape[0])}, "methods": {}}
+    if reference:
+        print("classes: " + ", ".join(f"{c} {name}" for c, name in enumerate(class_names)))
     for method in methods:
         scan = _run_one(method, model, example, clean, args, trigger_mask)
         print(f"== {method} ==")
