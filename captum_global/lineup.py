@@ -3,9 +3,17 @@
 Each entry is a :class:`MethodSpec` whose ``build(model, example_input)``
 returns an :data:`Explain`: ``explain(inputs, target) -> Tensor``, an
 attribution that follows Captum's shape rules (input-shaped ``[N, C, H, W]``
-or a ``[N, 1, H, W]`` map), never a pair. ``target`` takes every format
-Captum accepts. Keeping the line-up in one place means the demo's pictures
-and the benchmark's numbers come from exactly the same method settings.
+or a ``[N, 1, H, W]`` map), never a pair. Keeping the line-up in one place
+means the demo's pictures and the benchmark's numbers come from exactly the
+same method settings.
+
+Every ``explain`` follows the package's contract whatever method it wraps:
+``inputs`` must be a finite ``[N, C, H, W]`` tensor, and ``target`` takes
+every format Captum accepts plus NumPy integers, checked against the
+model's output (learnt from one no-grad forward pass of ``example_input``
+when the method is built) and handed to the method in Captum's own form;
+a bad one raises :class:`~captum_global.errors.InvalidArgumentError` naming
+``target`` before any work.
 
 A method that has intermediate maps worth showing (SISE's per-block maps)
 says so with an optional second builder, ``build_with_parts``, whose
@@ -17,11 +25,13 @@ name to get its details.
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
 from torch import Tensor, nn
 
-from captum_global._checks import check_module, check_tensor
-from captum_global._model_state import find_module
+from captum_global._checks import check_model_output, check_module, check_tensor
+from captum_global._model_state import find_module, preserved_model_state
+from captum_global._targets import parse_target
 from captum_global.attr import SISE, select_sise_layers
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
@@ -71,6 +81,39 @@ def last_spatial_layer(model: nn.Module, example_input: Tensor) -> nn.Module:
     return find_module(model, select_sise_layers(model, example_input[:1])[-1])
 
 
+def _output_shape(model: nn.Module, example_input: Tensor) -> Tuple[int, ...]:
+    with preserved_model_state(model), torch.no_grad():
+        return tuple(check_model_output(model(example_input[:1]), "model").shape)
+
+
+def _captum_target(target: Any, inputs: Tensor, output_shape: Tuple[int, ...]) -> Any:
+    """``target`` checked, in the form every Captum method takes (NumPy integers included)."""
+    parsed = parse_target(target, inputs.shape[0]).checked(output_shape)
+    if parsed.index is None:
+        return None
+    if parsed.index.shape[1] == 1:
+        return parsed.index[:, 0].to(inputs.device)
+    return [tuple(int(v) for v in row) for row in parsed.index]
+
+
+def _on_contract(raw_build: Callable[[nn.Module, Tensor], Callable]) -> Callable[[nn.Module, Tensor], Callable]:
+    """A builder whose explain checks ``inputs`` and ``target`` before calling the method."""
+
+    def build(model: nn.Module, example_input: Tensor):
+        check_module(model, "model")
+        example_input = check_tensor(example_input, "example_input", dims=(4,))
+        output_shape = _output_shape(model, example_input)
+        raw = raw_build(model, example_input)
+
+        def explain(inputs: Tensor, target: Any = None):
+            inputs = check_tensor(inputs, "inputs", dims=(4,))
+            return raw(inputs, _captum_target(target, inputs, output_shape))
+
+        return explain
+
+    return build
+
+
 def _sise(budget=None, batch: int = 64) -> Tuple[Builder, PartsBuilder]:
     """SISE's two builders, sharing one setting."""
 
@@ -79,9 +122,11 @@ def _sise(budget=None, batch: int = 64) -> Tuple[Builder, PartsBuilder]:
         return lambda x, t: sise.attribute(x, target=t, max_maps_per_layer=budget, perturbations_per_eval=batch,
                                            return_layer_maps=with_parts)
 
-    return (lambda model, example_input: run(model, False)), (lambda model, example_input: run(model, True))
+    return (_on_contract(lambda model, example_input: run(model, False)),
+            _on_contract(lambda model, example_input: run(model, True)))
 
 
+@_on_contract
 def _grad_cam(model: nn.Module, example_input: Tensor) -> Explain:
     cam = LayerGradCam(model, last_spatial_layer(model, example_input))
 
@@ -92,6 +137,7 @@ def _grad_cam(model: nn.Module, example_input: Tensor) -> Explain:
     return explain
 
 
+@_on_contract
 def _occlusion(model: nn.Module, example_input: Tensor) -> Explain:
     # Window one eighth of the image side, stride half a window: the usual
     # trade-off between resolution and the number of forward passes.
@@ -104,6 +150,7 @@ def _occlusion(model: nn.Module, example_input: Tensor) -> Explain:
     )
 
 
+@_on_contract
 def _integrated_gradients(model: nn.Module, example_input: Tensor) -> Explain:
     # Captum's default 50 steps: what a user gets without tuning (the
     # benchmark reports this same recipe).
