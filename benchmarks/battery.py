@@ -7,7 +7,7 @@
 A demanding Captum user passes NaN baselines, NumPy integers, targets in
 every format Captum accepts (and some it does not), tensors made under
 ``inference_mode``, models in ``train()`` mode, models that return tuples
-or NaN. Each :class:`~benchmarks.battery_cases.Case` says what one such call
+or NaN. Each :class:`~benchmarks.battery_core.Case` says what one such call
 should do: end with a clear error naming the argument (``expect="error"``),
 be accepted with a correct result (``expect="accept"``, optionally checked
 against a reference), or either (``expect="either"``). This script runs the
@@ -36,7 +36,7 @@ calls and classifies how each one *did* end:
 A case is *as expected* when an expected error ends as ``clear_error`` and
 an expected acceptance as ``accepted``. The report counts outcomes per API
 and lists every case that did not end as expected. Cases live in
-``benchmarks/battery_cases.py`` as data, so cases for APIs that are still
+``benchmarks/battery_methods.py`` and ``battery_tools.py`` as data, so cases for APIs that are still
 changing are added there.
 """
 import argparse
@@ -57,7 +57,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from benchmarks.battery_cases import Case, CliCall, Env, all_cases
+from benchmarks.battery_core import Case, CliCall, Env, all_cases
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError, NonFiniteOutputError
 
 __all__ = ["Outcome", "run_case", "run_battery", "to_markdown", "main", "OUTCOMES"]

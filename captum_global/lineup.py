@@ -13,7 +13,9 @@ every format Captum accepts plus NumPy integers, checked against the
 model's output (learnt from one no-grad forward pass of ``example_input``
 when the method is built) and handed to the method in Captum's own form;
 a bad one raises :class:`~captum_global.errors.InvalidArgumentError` naming
-``target`` before any work.
+``target`` before any work. Every method explains the model in eval mode
+and hands it back as it came (``training`` and ``requires_grad`` flags,
+batch-norm statistics), Captum's methods included.
 
 A method that has intermediate maps worth showing (SISE's per-block maps)
 says so with an optional second builder, ``build_with_parts``, whose
@@ -107,7 +109,9 @@ def _on_contract(raw_build: Callable[[nn.Module, Tensor], Callable]) -> Callable
 
         def explain(inputs: Tensor, target: Any = None):
             inputs = check_tensor(inputs, "inputs", dims=(4,))
-            return raw(inputs, _captum_target(target, inputs, output_shape))
+            captum_target = _captum_target(target, inputs, output_shape)
+            with preserved_model_state(model):
+                return raw(inputs, captum_target)
 
         return explain
 

@@ -178,3 +178,21 @@ def test_rise_docstring_example_runs():
     import benchmarks.rise
 
     assert doctest.testmod(benchmarks.rise).failed == 0
+
+
+def test_lineup_parts_come_from_the_same_run_and_explain_is_one_tensor():
+    from captum_global.lineup import LINEUP, build_lineup, build_lineup_with_parts
+
+    work = tiny_workload()
+    plain = build_lineup(work.model, work.images[:1])
+    with_parts = build_lineup_with_parts(work.model, work.images[:1])
+    assert list(plain) == list(with_parts) == [spec.name for spec in LINEUP]
+    for name in plain:
+        attr = plain[name](work.images, work.targets)
+        assert isinstance(attr, torch.Tensor), name
+        again, parts = with_parts[name](work.images, work.targets)
+        assert torch.allclose(again, attr, atol=1e-6), name
+        spec = next(s for s in LINEUP if s.name == name)
+        assert bool(parts) == (spec.build_with_parts is not None), name
+    _, parts = with_parts["SISE"](work.images, work.targets)
+    assert sorted(parts) == ["1", "4"] and all(p.shape == (2, 1, 16, 16) for p in parts.values())
