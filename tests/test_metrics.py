@@ -572,3 +572,16 @@ def test_inference_mode_and_grad_tensors_are_accepted():
     assert torch.equal(deletion_auc(model, x, attr, target=1, n_steps=3), ref)
     grad_attr = attr.clone().requires_grad_(True)
     assert torch.equal(deletion_auc(model, x.clone(), grad_attr * 1.0, target=1, n_steps=3), ref)
+
+
+def test_the_use_page_examples_run(capsys):
+    import pathlib
+    import re
+
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "use" / "metrics.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), {})
+    out = capsys.readouterr().out
+    assert "pass image_size=(H, W)" in out and "torch.Size([2, 17])" in out
