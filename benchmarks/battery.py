@@ -204,13 +204,17 @@ def run_battery(apis: Sequence[str] = (), cli: bool = True, progress: bool = Tru
 def summary(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
     """Counts per API and outcome, and the cases that did not end as expected."""
     per_api: Dict[str, Counter] = OrderedDict()
+    tried: Dict[str, Counter] = OrderedDict()
     for o in outcomes:
         per_api.setdefault(o.case.api, Counter())[o.outcome] += 1
+        tried.setdefault(o.case.api, Counter())[o.case.expect] += 1
     expected = Counter("as_expected" if o.as_expected else "not_as_expected" for o in outcomes
                        if o.outcome != "skipped")
     return {
         "total": len(outcomes), "as_expected": expected["as_expected"],
         "not_as_expected": expected["not_as_expected"],
+        "skipped": sum(1 for o in outcomes if o.outcome == "skipped"),
+        "tried": {api: {"bad": c["error"], "valid": c["accept"], "either": c["either"]} for api, c in tried.items()},
         "by_expectation": {e: dict(Counter(o.outcome for o in outcomes if o.case.expect == e))
                            for e in ("error", "accept", "either")},
         "per_api": {api: {k: counts.get(k, 0) for k in OUTCOMES} for api, counts in per_api.items()},
@@ -221,21 +225,28 @@ def summary(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
 def to_markdown(result: Dict[str, Any]) -> str:
     s = result["summary"]
     lines = ["# Battery of bad and edge inputs", "", f"Command: `{result['command']}`", "",
-             f"{s['total']} cases; {s['as_expected']} ended as expected, {s['not_as_expected']} did not "
-             f"(skipped: APIs absent from this checkout). Run time {result['total_seconds']:.0f} s; "
+             f"{s['total']} cases; {s['as_expected']} ended as expected, {s['not_as_expected']} did not, "
+             f"{s['skipped']} skipped (API absent from this checkout). Run time {result['total_seconds']:.0f} s; "
              f"torch {result['machine']['torch']}.", "",
              "An expected error is as expected when it is `clear_error` (the package's error type, naming the "
              "argument; for the command line: exit 2 with a usage message naming the option); an expected "
              "acceptance when it is `accepted` (the result passed its check). See `benchmarks/battery.py` for "
              "the outcome classes.", "", "## Counts per API", ""]
     shown = [k for k in OUTCOMES if any(v.get(k) for v in s["per_api"].values())]
-    lines += ["| API | cases | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+    lines += ["`bad`: inputs that must be refused; `valid`: edge inputs that must be accepted (and give the right "
+              "result); `either`: a clear error or a right result.", "",
+              "| API | cases | bad | valid | either | " + " | ".join(shown) + " |",
+              "|---|---|---|---|---|" + "---|" * len(shown)]
     for api, counts in s["per_api"].items():
-        lines.append(f"| {api} | {sum(counts.values())} | " + " | ".join(str(counts.get(k, 0)) for k in shown) + " |")
-    totals = Counter()
-    for counts in s["per_api"].values():
+        t = s["tried"][api]
+        lines.append(f"| {api} | {sum(counts.values())} | {t['bad']} | {t['valid']} | {t['either']} | "
+                     + " | ".join(str(counts.get(k, 0)) for k in shown) + " |")
+    totals, tried = Counter(), Counter()
+    for api, counts in s["per_api"].items():
         totals.update(counts)
-    lines.append(f"| **all** | {sum(totals.values())} | " + " | ".join(str(totals.get(k, 0)) for k in shown) + " |")
+        tried.update(s["tried"][api])
+    lines.append(f"| **all** | {sum(totals.values())} | {tried['bad']} | {tried['valid']} | {tried['either']} | "
+                 + " | ".join(str(totals.get(k, 0)) for k in shown) + " |")
     lines += ["", "By expectation: " + "; ".join(
         f"expected {e}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for e, c in s["by_expectation"].items()
         if c), ""]

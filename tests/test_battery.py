@@ -224,7 +224,8 @@ def test_report_files_count_every_case(tmp_path):
     assert sum(counts.values()) == result["summary"]["total"] == 6
     assert counts["clear_error"] == 5 and counts["accepted"] == 1 and result["summary"]["not_as_expected"] == 0
     assert (tmp_path / "battery.json").exists()
-    assert "| metrics.boxes_to_masks | 6 | 5 | 1 |" in (tmp_path / "battery.md").read_text()
+    assert result["summary"]["tried"]["metrics.boxes_to_masks"] == {"bad": 5, "valid": 1, "either": 0}
+    assert "| metrics.boxes_to_masks | 6 | 5 | 1 | 0 | 5 | 1 |" in (tmp_path / "battery.md").read_text()
 
 
 # ---------------------------------------------------------------- hypothesis: value spaces with an oracle
