@@ -118,13 +118,13 @@ def _on_contract(raw_build: Callable[[nn.Module, Tensor], Callable]) -> Callable
     return build
 
 
-def _sise(budget=None, batch: int = 64) -> Tuple[Builder, PartsBuilder]:
-    """SISE's two builders, sharing one setting."""
+def _sise(batch: int = 64, **options) -> Tuple[Builder, PartsBuilder]:
+    """SISE's two builders (plain, and with per-block maps), sharing one setting."""
 
     def run(model: nn.Module, with_parts: bool):
         sise = SISE(model)
-        return lambda x, t: sise.attribute(x, target=t, max_maps_per_layer=budget, perturbations_per_eval=batch,
-                                           return_layer_maps=with_parts)
+        return lambda x, t: sise.attribute(x, target=t, perturbations_per_eval=batch, return_layer_maps=with_parts,
+                                           **options)
 
     return (_on_contract(lambda model, example_input: run(model, False)),
             _on_contract(lambda model, example_input: run(model, True)))
@@ -163,7 +163,7 @@ def _integrated_gradients(model: nn.Module, example_input: Tensor) -> Explain:
 
 
 _SISE_FULL, _SISE_FULL_PARTS = _sise()
-_SISE_BUDGET, _ = _sise(budget=0.25)
+_SISE_BUDGET, _ = _sise(max_maps_per_layer=0.25)
 
 LINEUP: List[MethodSpec] = [
     MethodSpec("SISE", _SISE_FULL, "ours", build_with_parts=_SISE_FULL_PARTS,
