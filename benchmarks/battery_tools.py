@@ -1,4 +1,7 @@
 """Battery cases for the metrics, the line-up, the benchmark's RISE and the command line (see ``battery.py``)."""
+import contextlib
+import functools
+import io
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -400,10 +403,75 @@ _CLI_ROWS = [
 ]
 
 
+@functools.lru_cache(maxsize=None)
+def _subcommand_help(subcommand: str) -> str:
+    """The ``--help`` text of a subcommand ("" when there is no such subcommand)."""
+    from captum_global.cli import build_parser
+
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args([subcommand, "--help"])
+    except SystemExit as done:
+        return text.getvalue() if done.code == 0 else ""
+    return ""
+
+
+def _has_option(subcommand: str, option: str) -> Callable[[], bool]:
+    return lambda: option in _subcommand_help(subcommand)
+
+
+def _tensor_file(env: Env) -> str:
+    path = env.tmpdir() / "images.pt"
+    if not path.exists():
+        torch.save(images(2, size=64), path)
+    return str(path)
+
+
+def _explain_cli(*extra: str) -> Callable[[Env], CliCall]:
+    """``explain`` with a valid tensor file of images and a fresh output folder, plus ``extra``."""
+
+    def make(env: Env) -> CliCall:
+        base = ["explain", "--method", "Saliency", "--images", _tensor_file(env), "--out",
+                str(env.tmpdir() / "explained")]
+        args = list(extra)
+        for option in ("--method", "--images"):  # an override replaces the base value
+            if option in args:
+                i = base.index(option)
+                del base[i:i + 2]
+        return CliCall(tuple(base + args), cwd=str(env.tmpdir()))
+
+    return make
+
+
+_EXPLAIN_ROWS = [  # (label, extra arguments, option the usage error names)
+    ("method-unknown", ("--method", "NoSuchMethod"), "--method"),
+    ("images-missing", ("--images", "no-such-folder"), "--images"),
+    ("batch-size-zero", ("--batch-size", "0"), "--batch-size"),
+    ("target-not-a-class", ("--target", "cat"), "--target"),
+    ("method-args-not-json", ("--method-args", "{n_steps: 3"), "--method-args"),
+    ("seed-negative", ("--seed", "-1"), "--seed"),
+]
+
+_SCAN_ROWS = [  # options the newer scan command takes: (label, arguments, option)
+    ("threshold-nan", ("--threshold", "nan"), "--threshold"),
+    ("max-clean-zero", ("--max-clean", "0"), "--max-clean"),
+    ("method-unknown", ("--method", "bogus"), "--method"),
+    ("seed-negative", ("--seed", "-1"), "--seed"),
+    ("clean-missing", ("--clean", "no-such-folder"), "--clean"),
+]
+
+
 def _cli_cases() -> List[Case]:
     cases = [Case("cli", group, label, expect, cli=_cli(*argv, out=out, existing=existing), names=names,
                   after=_unchanged(existing) if existing else None)
              for group, label, argv, out, existing, expect, names in _CLI_ROWS]
+    cases += [Case("cli", "explain", label, "error", cli=_explain_cli(*extra), names=(option,),
+                   available=_has_option("explain", option))
+              for label, extra, option in _EXPLAIN_ROWS]
+    cases += [Case("cli", "scan", label, "error", cli=_cli("scan", *extra, out=True), names=(option,),
+                   available=_has_option("scan", option))
+              for label, extra, option in _SCAN_ROWS]
     cases += [
         Case("cli", "command", "help", "accept", cli=_cli("--help"), check=_stdout_has("demo")),
         Case("cli", "layers", "torchvision-name", "accept", cli=_cli("layers", "resnet18", "--size", "64"),
