@@ -69,7 +69,6 @@ KNOWN_OPEN = {
     'SISE/perturbations_per_eval/numpy-int': 'refused_valid: ValueError: perturbations_per_eval must be a positive int, got np.int64(5)',
     'SISE/show_progress/string': 'silent_wrong: returned Tensor(2, 3, 16, 16) for a bad input',
     'SISE/return_layer_maps/string': 'silent_wrong: returned (Tensor(2, 3, 16, 16), dict) for a bad input',
-    'SISE/layers/unknown-name': "plain_error: ValueError: layers='nope' is not a submodule name of the model; expected one ",
     'InputAgnosticSaliency/target/int': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
     'InputAgnosticSaliency/target/bool': 'plain_error: ValueError: target must be an int class index or a list of them, got True',
     'InputAgnosticSaliency/inputs/empty-batch': 'plain_error: ValueError: inputs must hold at least one example (dimension 0 is the batch)',
@@ -112,10 +111,9 @@ KNOWN_OPEN = {
     'ClassWiseSynthesis/priors/nan-weight': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
     'ClassWiseSynthesis/value_range/inverted': 'plain_error: ValueError: value_range must be (low, high) with low < high, got (1.0, 0.0)',
     'ClassWiseSynthesis/augment/returns-nan': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'ClassWiseSynthesis/checkpoints/a-state-dict-not-a-list': "cryptic_error: FileNotFoundError: [Errno 2] No such file or directory: '0.weight'",
+    'ClassWiseSynthesis/checkpoints/nan-weights': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
     'ClassWiseSynthesis/seed/negative': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
     'ClassWiseSynthesis/seed/none': 'refused_valid: RuntimeError: manual_seed expected a long, but got NoneType',
-    'ClassWiseSynthesis/parameters/unknown-name': "plain_error: ValueError: parameters='nope' is not a submodule name of the model; expected ",
     'ClassWiseSynthesis/model/no-parameters': 'cryptic_error: StopIteration: ',
     'ClassWiseSynthesis/model/float16': 'state_changed: the global random state changed (call ended: cryptic_error: RuntimeError: I',
     'ClassWiseSynthesis/model/train-mode-batch-norm': 'state_changed: the global random state changed (call ended: accepted: ClassWiseResult)',
@@ -152,7 +150,7 @@ def test_the_battery_has_hundreds_of_cases_for_every_public_api():
                 "metrics.energy_pointing_game", "metrics.bbox_accuracy", "metrics.miou", "lineup.Grad-CAM",
                 "lineup.SISE", "benchmarks.RISE", "cli"):
         assert api in apis, api
-    assert set(KNOWN_OPEN) <= {c.id for c in ALL_CASES}, "KNOWN_OPEN names cases that no longer exist"
+    assert set(KNOWN_OPEN) <= {c.id for c in SUBSET}, "KNOWN_OPEN names cases that are not (or no longer) tested"
     assert 150 <= len(SUBSET) <= 350
 
 
