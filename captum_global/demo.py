@@ -12,15 +12,18 @@ EfficientNet-Lite0.
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from captum_global import viz
+from captum_global._checks import check_int
+from captum_global._seeding import seeded_global_rng
 from captum_global.attr import ClassWiseSynthesis
-from captum_global.backdoor import scan_figure, scan_for_backdoor
-from captum_global.lineup import build_lineup
+from captum_global.backdoor import BackdoorScan, scan_figure, scan_for_backdoor
+from captum_global.errors import InvalidArgumentError
+from captum_global.lineup import LINEUP, build_lineup, build_lineup_with_parts
 from captum_global.metrics import bbox_accuracy, drop_and_increase, energy_pointing_game
 from captum_global.world import CLASS_NAMES, make_dataset
 from captum_global.world.training import load_reference_model, reference_target_class, reference_trigger
@@ -51,15 +54,14 @@ def explain_reference(arch: str, n_images: int, methods: Sequence[str], out: Pat
     model = load_reference_model(arch, "clean")
     data = _pick_examples(model, n_images)
     x, y = data.images, data.labels
-    explainers = build_lineup(model, x, methods)
-    attributions, scores, rows, per_block = {}, {}, [], {}
+    explainers = build_lineup_with_parts(model, x, list(methods))
+    attributions, scores, rows, parts_of = {}, {}, [], {}
     for name, explain in explainers.items():
         start = time.perf_counter()
-        if name == "SISE":
-            attr, per_block = explain(x, y, return_layer_maps=True)
-        else:
-            attr = explain(x, y)
+        attr, parts = explain(x, y)
         attr = attr.detach()
+        if parts:
+            parts_of[name] = parts
         seconds = (time.perf_counter() - start) / len(x)
         ebpg = energy_pointing_game(attr, data.object_masks)
         bbox = bbox_accuracy(attr, data.boxes)
@@ -77,37 +79,41 @@ def explain_reference(arch: str, n_images: int, methods: Sequence[str], out: Pat
     viz.save(viz.explanation_gallery(x, attributions, data.boxes, titles, scores,
                                      title=f"reference {arch} (clean): explanations with object box"),
              out / f"gallery_{arch}.png")
-    if per_block:
-        viz.save(viz.explanation_gallery(x, {**per_block, "SISE (fused)": attributions["SISE"]}, data.boxes, titles,
-                                         title=f"SISE on reference {arch}: each block's map V, then the fused map"),
-                 out / f"sise_blocks_{arch}.png")
+    specs = {spec.name: spec for spec in LINEUP}
+    for name, parts in parts_of.items():
+        spec = specs[name]
+        viz.save(viz.explanation_gallery(x, {**parts, name: attributions[name]}, data.boxes, titles,
+                                         title=f"{name} on reference {arch}: {spec.parts_caption}"),
+                 out / f"{spec.parts_file or 'parts_' + name}_{arch}.png")
     return rows
 
 
-def backdoor_figure(arch: str, variant: str, out: Path, n_epochs: int = 20, clean_size: int = 48,
-                    n_steps: int = 0, samples_per_step: int = 0) -> Dict:
+def backdoor_figure(arch: str, variant: str, out: Path, n_steps: int = 120, clean_size: int = 100,
+                    clean_scan: Optional[BackdoorScan] = None) -> Tuple[Dict, BackdoorScan]:
     """Scan the clean and the backdoored model; figure of every class's suspected trigger.
 
-    ``n_steps`` and ``samples_per_step`` are accepted for old callers and ignored.
+    Returns the report and the clean model's scan (pass it back as
+    ``clean_scan`` to draw another variant without scanning the clean model again).
     """
     trigger_mask = reference_trigger(variant).mask(64, 64)
     clean = make_dataset(clean_size, seed=_TEST_SEED + 2).images
-    scans = {
-        label: scan_for_backdoor(load_reference_model(arch, label), clean[:1], clean_inputs=clean,
-                                 trigger_mask=trigger_mask, n_epochs=n_epochs, seed=0)
-        for label in ("clean", variant)
-    }
+
+    def scan(label: str) -> BackdoorScan:
+        return scan_for_backdoor(load_reference_model(arch, label), clean[:1], clean_inputs=clean,
+                                 trigger_mask=trigger_mask, n_steps=n_steps, seed=0)
+
+    scans = {"clean": clean_scan if clean_scan is not None else scan("clean"), variant: scan(variant)}
     fig = scan_figure(scans, CLASS_NAMES, planted=trigger_mask,
                       title=f"suspected trigger per class, {arch}: clean vs {variant} backdoor "
                             f"(planted trigger in cyan; red = flagged)")
-    path = out / f"backdoor_{arch}_{variant}.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(out / f"backdoor_{arch}_{variant}.png", dpi=100)
     _log(f"backdoor {arch}/{variant}: flagged {scans[variant].flagged} (target {reference_target_class()}), "
          f"clean twin flagged {scans['clean'].flagged}")
-    return {
+    report = {
         "model": f"{arch} ({variant} backdoor)", "target_class": reference_target_class(),
         "scan_backdoored": scans[variant].as_dict(), "scan_clean": scans["clean"].as_dict(),
     }
+    return report, scans["clean"]
 
 
 def classwise_figure(arch: str, out: Path, iterations: int) -> Dict:
@@ -143,7 +149,7 @@ def explain_photos(out: Path, methods: Sequence[str] = PHOTO_METHODS) -> List[Di
     with torch.no_grad():
         top1 = model(images).argmax(1)
     labels = photos.imagenet_class_names()
-    explainers = build_lineup(model, images, methods)
+    explainers = build_lineup(model, images, list(methods))
     attributions, rows = {}, []
     for name, explain in explainers.items():
         start = time.perf_counter()
@@ -172,19 +178,41 @@ def _markdown(rows: List[Dict]) -> str:
 
 def run_demo(out: Path, archs: Sequence[str] = ("vgg", "resnet"), n_images: int = 4,
              methods: Sequence[str] = (), photos: bool = True, quick: bool = False) -> Dict:
-    """Run the whole demo and write its files under ``out``; returns the summary."""
+    """Run the whole demo and write its files under ``out``; returns the summary.
+
+    Args:
+        out: output folder (created if missing).
+        archs: reference architectures, among ``"vgg"`` and ``"resnet"``.
+        n_images: test images per architecture, 1 to 5 (one per class).
+        methods: line-up names (empty: all of them).
+        photos: also explain real photos when the ``real`` extra is installed.
+        quick: fewer optimisation steps for the global methods.
+
+    Whatever draws from torch's global generator runs seeded with 0, and
+    the caller's global random state is restored afterwards.
+    """
     out = Path(out)
+    if isinstance(archs, str) or not archs or any(a not in ("vgg", "resnet") for a in archs):
+        raise InvalidArgumentError(f"archs must be a non-empty list among 'vgg', 'resnet', got {archs!r}")
+    n_images = check_int(n_images, "n_images", minimum=1, maximum=len(CLASS_NAMES))
+    unknown = [m for m in methods if m not in {spec.name for spec in LINEUP}]
+    if unknown:
+        raise InvalidArgumentError(f"methods holds unknown method names {unknown}; expected some of "
+                                   f"{[spec.name for spec in LINEUP]}")
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
     start = time.perf_counter()
     rows: List[Dict] = []
-    for arch in archs:
-        rows += explain_reference(arch, n_images, methods, out)
-    backdoor = [backdoor_figure(archs[0], variant, out, n_epochs=4 if quick else 20, clean_size=24 if quick else 48)
-                for variant in ("patch", "blended")]
-    classwise = classwise_figure(archs[0], out, iterations=5 if quick else 40)
-    if photos:
-        rows += explain_photos(out, methods or PHOTO_METHODS)
+    with seeded_global_rng(0):
+        for arch in archs:
+            rows += explain_reference(arch, n_images, methods, out)
+        backdoor, clean_scan = [], None
+        for variant in ("patch", "blended"):
+            report, clean_scan = backdoor_figure(archs[0], variant, out, n_steps=20 if quick else 120,
+                                                 clean_size=40 if quick else 100, clean_scan=clean_scan)
+            backdoor.append(report)
+        classwise = classwise_figure(archs[0], out, iterations=5 if quick else 40)
+        if photos:
+            rows += explain_photos(out, methods or PHOTO_METHODS)
     summary = {"explanations": rows, "backdoor": backdoor, "classwise": classwise,
                "seconds_total": time.perf_counter() - start, "torch": torch.__version__}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
