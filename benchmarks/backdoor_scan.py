@@ -29,6 +29,8 @@ from typing import Dict, List
 import torch
 
 from captum_global.backdoor import neural_cleanse, scan_for_backdoor
+from captum_global.backdoor.scan import DEFAULTS as SCAN_DEFAULTS
+from captum_global.metrics import flag_anomalies
 from captum_global.world import make_dataset, reference_zoo
 
 RESULTS = Path(__file__).parent / "results"
@@ -89,6 +91,21 @@ def summarise(rows: List[Dict]) -> Dict:
             "seconds": sum(r[label]["wall_seconds"] for r in rows),
             "evaluations": sum(r[label]["num_evaluations"] for r in rows),
         }
+    # Neural Cleanse's norms under our test (log norms, noise floor): what the test alone changes.
+    relabelled = []
+    for r in rows:
+        norms = torch.tensor(r["neural_cleanse"]["statistics"]["mask_l1"])
+        flags = flag_anomalies(norms.log(), direction="low", min_scale=SCAN_DEFAULTS["noise_floor"])
+        relabelled.append((r, [c for c, f in zip(r["neural_cleanse"]["classes"], flags.tolist()) if f]))
+    out["neural_cleanse_our_test"] = {
+        "detected": {k: [sum(r["target"] in f for r, f in relabelled if r["kind"] == k and r["target"] is not None),
+                         sum(1 for r, _ in relabelled if r["kind"] == k and r["target"] is not None)]
+                     for k in sorted({r["kind"] for r in rows if r["target"] is not None})},
+        "false_alarm_clean_models": [sum(bool(f) for r, f in relabelled if r["kind"] == "clean"),
+                                     sum(1 for r in rows if r["kind"] == "clean")],
+        "non_target_flags_backdoored": sum(len([c for c in f if c != r["target"]])
+                                           for r, f in relabelled if r["target"] is not None),
+    }
     nc = out["neural_cleanse"]
     out["time_ratio"] = out["ours"]["seconds"] / nc["seconds"] if nc["seconds"] else None
     out["evaluation_ratio"] = out["ours"]["evaluations"] / nc["evaluations"] if nc["evaluations"] else None
@@ -123,6 +140,13 @@ def markdown(rows: List[Dict], summary: Dict, command: str, clean_size: int) -> 
             f"| model evaluations (all models) | {ours['evaluations']} | {nc['evaluations']} |",
             f"| wall time, all models | {ours['seconds']:.0f} s ({summary['time_ratio']:.2f} x NC) "
             f"| {nc['seconds']:.0f} s |", ""]
+        alt = summary["neural_cleanse_our_test"]
+        lines += ["Neural Cleanse's l1 norms judged by our test (MAD index of the log norms, noise floor "
+                  f"{SCAN_DEFAULTS['noise_floor']}): detected "
+                  + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in alt["detected"].items())
+                  + f"; clean models with a flag {alt['false_alarm_clean_models'][0]}/"
+                  f"{alt['false_alarm_clean_models'][1]}; non-target flags on backdoored models "
+                  f"{alt['non_target_flags_backdoored']}.", ""]
     lines += ["Per model (flagged classes; anomaly index of the target; suspect = top anomaly):", "",
               "| model | kind | target | ours: flagged | ours: index | ours: suspect | ours: energy / IoU "
               "| NC: flagged | NC: index | NC: suspect | NC: energy / IoU | time ours / NC |",

@@ -31,20 +31,10 @@ XFAIL_SISE_TARGETS = pytest.mark.xfail(
     reason="attr/sise.py parses targets itself: bad targets raise plain ValueError (not the AssertionError "
     "Captum's callers catch), and (2,), -1 are refused while [1] for 3 examples is broadcast (issue 8/12)",
 )
-XFAIL_IAS_TARGETS = pytest.mark.xfail(
-    strict=True,
-    reason="attr/input_agnostic.py parses targets itself: bad targets raise plain ValueError, and tuples, "
-    "negative ints, NumPy ints/arrays are refused (issue 8/12)",
-)
 XFAIL_CLASSWISE_ERRORS = pytest.mark.xfail(
     strict=True,
     reason="attr/classwise.py raises plain ValueError for a class outside the model's outputs, not the "
     "InvalidArgumentError (ValueError + AssertionError) of the contract (issue 8)",
-)
-XFAIL_CONVERGENCE_DELTA = pytest.mark.xfail(
-    strict=True,
-    reason="InputAgnosticSaliency.compute_convergence_delta returns numbers although has_convergence_delta() "
-    "is False (issue 12, engineer B)",
 )
 XFAIL_TORCHSCRIPT = pytest.mark.xfail(
     strict=True,
@@ -119,7 +109,7 @@ def attribute(name, model, inputs, target, noise_tunnel=False, **kwargs):
 
 
 METHODS = ["SISE", "InputAgnosticSaliency"]
-TARGET_MARKS = {"SISE": XFAIL_SISE_TARGETS, "InputAgnosticSaliency": XFAIL_IAS_TARGETS}
+TARGET_MARKS = {"SISE": XFAIL_SISE_TARGETS, "InputAgnosticSaliency": ()}
 
 
 # ---------------------------------------------------------------- hooks and model state
@@ -208,7 +198,7 @@ def _passes_today(name, fmt):
     """Formats each method already accepts as Captum does (the rest are marked)."""
     if name == "SISE":
         return fmt not in ("negative_int", "tuple")
-    return fmt in ("int", "one_element_tensor", "tensor")
+    return True
 
 
 @pytest.mark.parametrize(
@@ -271,7 +261,6 @@ def test_captum_api_surface(name, model, inputs):
     assert not inputs.requires_grad
 
 
-@XFAIL_CONVERGENCE_DELTA
 def test_no_convergence_delta_where_has_convergence_delta_is_false(model, inputs):
     method = InputAgnosticSaliency(model)
     maps = method.attribute(inputs, target=[1, 2, 0], **IAS_FAST)

@@ -5,7 +5,7 @@
   al., S&P 2019), the reference scan.
 - :class:`BackdoorScan`: the result both return; :func:`scan_figure` draws it.
 """
-from captum_global.backdoor.neural_cleanse import NeuralCleanse, neural_cleanse
+from captum_global.backdoor.cleanse import NeuralCleanse, neural_cleanse
 from captum_global.backdoor.figure import scan_figure
 from captum_global.backdoor.result import BackdoorScan
 from captum_global.backdoor.scan import scan_for_backdoor

@@ -16,9 +16,9 @@ def scan_figure(
 ):
     """One row per scan, one column per class: the suspected trigger of each class.
 
-    Each panel shows the class's stamp (its pattern where its mask is on,
-    black elsewhere), titled with the mask's l1 norm and the anomaly index;
-    flagged classes are titled in red.
+    Each panel shows the class's stamp on a mid-grey image (its pattern
+    where its mask is on), titled with the mask's l1 norm and the anomaly
+    index; flagged classes are titled in red.
 
     Args:
         scans: row label -> :class:`BackdoorScan` (e.g. ``{"clean": ..., "patch": ...}``).
@@ -37,7 +37,7 @@ def scan_figure(
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
         ...                     nn.Flatten(), nn.Linear(4, 3))
         >>> scan = scan_for_backdoor(net, torch.zeros(1, 3, 16, 16), clean_inputs=torch.rand(8, 3, 16, 16),
-        ...                          n_epochs=1, batch_size=4)
+        ...                          n_steps=1, batch_size=4)
         >>> fig = scan_figure({"tiny": scan})
         >>> len(fig.axes)
         3
@@ -47,12 +47,15 @@ def scan_figure(
 
     rows = list(scans)
     columns = max(len(s.classes) for s in scans.values())
-    fig = Figure(figsize=(1.75 * columns, 2.0 * len(rows)))
+    fig = Figure(figsize=(1.75 * columns, 2.3 * len(rows)))
     axes = fig.subplots(len(rows), columns, squeeze=False)
     for i, label in enumerate(rows):
         scan = scans[label]
-        stamps = (scan.trigger_masks.unsqueeze(1) * scan.trigger_patterns).detach().float().cpu()
-        low, high = float(stamps.min()), float(stamps.max())
+        masks = scan.trigger_masks.detach().float().cpu().unsqueeze(1)
+        patterns = scan.trigger_patterns.detach().float().cpu()
+        low, high = float(patterns.min()), float(patterns.max())
+        grey = (low + high) / 2
+        stamps = (1 - masks) * grey + masks * patterns
         for j in range(columns):
             ax = axes[i, j]
             ax.axis("off")
@@ -69,8 +72,8 @@ def scan_figure(
             name = class_names[c] if class_names is not None else str(c)
             stat = next(iter(scan.statistics.values()))[j]
             flagged = c in scan.flagged
-            head = f"{label}\n" if j == 0 else "\n"
-            ax.set_title(f"{head}{name}: l1 {float(stat):.0f}\nindex {float(scan.anomaly_index[j]):.1f}"
+            head = f"{label}: " if j == 0 else ""
+            ax.set_title(f"{head}{name}\nl1 {float(stat):.0f}, index {float(scan.anomaly_index[j]):.1f}"
                          + (" FLAGGED" if flagged else ""), fontsize=7, color="red" if flagged else "black")
     if title:
         fig.suptitle(title, fontsize=9)

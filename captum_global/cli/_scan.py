@@ -27,9 +27,9 @@ from captum_global.cli._args import (
 )
 
 METHODS = {"ours": "scan_for_backdoor", "neural-cleanse": "neural_cleanse"}
-# --steps is the length of each method's optimisation: epochs of both scans (the first version of our
-# scan, without clean_inputs, took optimisation steps, n_steps)
-STEP_OPTION = {"ours": "n_epochs", "neural-cleanse": "n_epochs"}
+# --steps is the length of each method's optimisation, in its own unit: optimisation steps of our
+# scan (n_steps), epochs over the clean samples of Neural Cleanse (n_epochs)
+STEP_OPTION = {"ours": "n_steps", "neural-cleanse": "n_epochs"}
 SCAN_FILES = ("scan.json", "maps_*.png", "trigger_*.png")
 # Reference-world images no reference model was trained on (the demo's test split).
 _CLEAN_SEED = 20_261_123
@@ -52,8 +52,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     scan.add_argument("--classes", type=int_list, help="class indices to scan, comma separated (default all; "
                                                        "at least 3 for the anomaly index)")
     scan.add_argument("--steps", type=int_in(1, 100_000), default=None,
-                      help="length of the optimisation per class, in epochs over the clean samples "
-                           "(default: each method's own)")
+                      help="length of the optimisation: optimisation steps of ours (all classes together), "
+                           "epochs over the clean samples per class of Neural Cleanse (default: each method's own)")
     scan.add_argument("--threshold", type=positive_float, default=2.0,
                       help="anomaly index above which a class is flagged (default 2, as Neural Cleanse)")
     scan.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the optimisation")

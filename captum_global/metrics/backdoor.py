@@ -187,7 +187,7 @@ def _index_against(values: Tensor, reference: Tensor, min_scale: float) -> Tenso
                        torch.zeros_like(deviation))
 
 
-def flag_anomalies(values: Tensor, threshold: float = 2.0, direction: str = "high") -> Tensor:
+def flag_anomalies(values: Tensor, threshold: float = 2.0, direction: str = "high", min_scale: float = 0.0) -> Tensor:
     r"""Flag the values whose MAD anomaly index exceeds ``threshold``.
 
     Args:
@@ -197,6 +197,8 @@ def flag_anomalies(values: Tensor, threshold: float = 2.0, direction: str = "hig
         direction (str, optional): ``"high"`` flags outliers above the
             median (e.g. trigger energy), ``"low"`` below it (Neural Cleanse's
             reversed-trigger l1 norms), ``"both"`` either. Default: "high".
+        min_scale (float, optional): floor of the scale, as in
+            :func:`mad_anomaly_index`. Default: 0.
 
     Returns:
         Tensor: bool tensor of the shape of ``values``.
@@ -210,7 +212,7 @@ def flag_anomalies(values: Tensor, threshold: float = 2.0, direction: str = "hig
     """
     if direction not in ("high", "low", "both"):
         raise ValueError(f"direction must be 'high', 'low' or 'both', got {direction!r}")
-    index = mad_anomaly_index(values)
+    index = mad_anomaly_index(values, min_scale=min_scale)
     median = values.float().quantile(0.5, dim=-1, keepdim=True)
     side = {"high": values > median, "low": values < median, "both": values != median}[direction]
     return (index > threshold) & side
