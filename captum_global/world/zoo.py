@@ -72,8 +72,9 @@ def _describe(arch: str, kind: str, s: Dict[str, Any], trigger: Optional[Trigger
                 f"training labels flipped to {CLASS_NAMES[n['dest']]}")
     if kind == "adversarial":
         a = s["adversarial"]
-        return (f"{head}; PGD adversarial training, l_inf radius {a['epsilon'] * 255:.0f}/255, "
-                f"{a['steps']} steps")
+        mix = "clean + PGD images" if a["with_clean"] else "PGD images"
+        return (f"{head}; adversarial training on {mix}, l_inf radius {a['epsilon'] * 255:.0f}/255, "
+                f"{a['steps']} PGD steps")
     return f"{head}; clean training"
 
 
