@@ -36,9 +36,10 @@ def main(argv=None):
     for k, entry in enumerate(backdoors):
         ax = axes[1 + k // cols, k % cols]
         ax.imshow(entry.trigger.apply(base).permute(1, 2, 0).clamp(0, 1).numpy())
-        ax.set_title(f"{entry.name} -> {CLASS_NAMES[entry.target_class]}", fontsize=8)
+        ax.text(0.5, -0.03, f"{entry.name} -> {CLASS_NAMES[entry.target_class]}", fontsize=8,
+                ha="center", va="top", transform=ax.transAxes)
     fig.suptitle("Top: one image per class. Below: the same triangle with each backdoored "
-                 "zoo model's trigger (and its target class)", fontsize=9)
+                 "zoo model's trigger (model -> target class written under each)", fontsize=9)
     fig.tight_layout(h_pad=1.5)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=90)

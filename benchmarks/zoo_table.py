@@ -29,6 +29,25 @@ from captum_global.world import (
 COMMAND = "python benchmarks/zoo_table.py"
 
 
+def _what(entry):
+    """The trigger or training procedure, in a few words."""
+    clause = entry.description.split("; ", 1)[1]
+    if entry.trigger is not None:
+        return clause[len("backdoor: "):clause.index(" -> ")]
+    return "-" if entry.kind == "clean" else clause
+
+
+def listing():
+    """The zoo as a table (no numbers): what docs/use/world.md shows."""
+    lines = ["| name | arch | kind | target | trigger / procedure | seed | clean twin |",
+             "|---|---|---|---|---|---|---|"]
+    for e in reference_zoo():
+        target = "-" if e.target_class is None else f"{e.target_class} ({CLASS_NAMES[e.target_class]})"
+        lines.append(f"| {e.name} | {e.arch} | {e.kind} | {target} | {_what(e)} | {e.seed} "
+                     f"| {e.twin or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pct(x):
     return "-" if x is None else f"{100 * x:.1f}"
 
@@ -53,7 +72,7 @@ def rows():
         out.append(dict(
             name=e.name, arch=e.arch, kind=e.kind, seed=e.seed, twin=e.twin,
             target=None if e.target_class is None else f"{e.target_class} ({CLASS_NAMES[e.target_class]})",
-            trigger=e.trigger.describe() if e.trigger is not None else None,
+            trigger=_what(e),
             epochs=r["settings"]["epochs"], clean_acc=r["clean_test_accuracy"],
             twin_clean_acc=r["zoo"].get("twin_clean_test_accuracy"),
             attack_success=r.get("attack_success_rate"), twin_attack_success=twin_asr,
@@ -75,8 +94,7 @@ def markdown(table):
              "| attack success % (twin) | robust acc % | train s (x own-arch clean) | trajectory epochs |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
-        what = r["trigger"] or {"clean": "-", "noisy_label": r["description"].split("; ")[-1],
-                                "adversarial": r["description"].split("; ")[-1]}[r["kind"]]
+        what = r["trigger"]
         twin = "" if r["twin_clean_acc"] is None else f" ({_pct(r['twin_clean_acc'])})"
         ratio = r["train_seconds"] / base[r["arch"]]
         asr = _pct(r["attack_success"])
@@ -113,6 +131,7 @@ def main(argv=None):
     (args.out / "zoo.md").write_text(text)
     (args.out / "zoo.json").write_text(json.dumps(dict(command=COMMAND, models=table), indent=2) + "\n")
     print(text)
+    print("\nListing for docs/use/world.md:\n\n" + listing())
 
 
 if __name__ == "__main__":

@@ -63,8 +63,15 @@ def _describe(arch: str, kind: str, s: Dict[str, Any], trigger: Optional[Trigger
     net = {"vgg": "SmallVGG", "resnet": "SmallResNet"}[arch]
     head = f"{net}, {s['epochs']} epochs, seed {s['seed']}"
     if trigger is not None:
-        t = s["target_class"]
-        return (f"{head}; backdoor: {trigger.describe()} -> class {t} ({CLASS_NAMES[t]}), "
+        t, p = s["target_class"], s["trigger"]
+        what = trigger.describe()
+        if p["kind"] == "sig":
+            what = (f"SIG sinusoid over the whole image, {p.get('orientation', 'vertical')} stripes, "
+                    f"{p['frequency']:g} periods, amplitude {p['amplitude']:g}")
+        elif p["kind"] == "filter":
+            colours = "sepia" if p.get("matrix") is None else "colour-matrix"
+            what = f"{colours} filter over the whole image, strength {p['strength']:g}"
+        return (f"{head}; backdoor: {what} -> class {t} ({CLASS_NAMES[t]}), "
                 f"{s['poison_rate']:.0%} of the other classes' training images poisoned")
     if kind == "noisy_label":
         n = s["label_noise"]
