@@ -89,21 +89,19 @@ def rows():
 
 
 def markdown(table):
-    base = {r["arch"]: r["train_seconds"] for r in table if r["name"] in ("vgg_clean", "resnet_clean")}
     lines = ["| model | kind | target | trigger / procedure | seed | clean acc % (twin) "
-             "| attack success % (twin) | robust acc % | train s (x own-arch clean) | trajectory epochs |",
+             "| attack success % (twin) | robust acc % | train s (recorded) | trajectory epochs |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         what = r["trigger"]
         twin = "" if r["twin_clean_acc"] is None else f" ({_pct(r['twin_clean_acc'])})"
-        ratio = r["train_seconds"] / base[r["arch"]]
         asr = _pct(r["attack_success"])
         if r["twin_attack_success"] is not None:
             asr += f" ({_pct(r['twin_attack_success'])})"
         lines.append(
             f"| {r['name']} | {r['kind']} | {r['target'] or '-'} | {what} | {r['seed']} "
             f"| {_pct(r['clean_acc'])}{twin} | {asr} | {_pct(r['robust_acc'])} "
-            f"| {r['train_seconds']:.0f} (x{ratio:.2f}) | {r['trajectory_epochs']} |")
+            f"| {r['train_seconds']:.0f} | {r['trajectory_epochs']} |")
     noisy = [r for r in table if r["kind"] == "noisy_label"]
     if noisy:
         lines += ["", "Noisy-label models, on the test images of the flipped (source) class:", "",
