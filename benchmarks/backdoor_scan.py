@@ -15,6 +15,8 @@ input-agnostic scan to Neural Cleanse measured in the same run.
 
     python -m benchmarks.backdoor_scan                       # every shipped zoo model
     python -m benchmarks.backdoor_scan --models vgg_patch,vgg_clean
+    python -m benchmarks.backdoor_scan --models a,b --out /tmp/part1    # parts run side by side ...
+    python -m benchmarks.backdoor_scan --merge /tmp/part1.json,/tmp/part2.json   # ... then combined
 
 Writes benchmarks/results/backdoor_scan.{md,json} (``--out`` to change),
 rewriting them after every model so a long run can be followed.
@@ -30,7 +32,7 @@ import torch
 
 from captum_global.backdoor import neural_cleanse, scan_for_backdoor
 from captum_global.backdoor.scan import DEFAULTS as SCAN_DEFAULTS
-from captum_global.metrics import flag_anomalies
+from captum_global.metrics import mad_anomaly_index
 from captum_global.world import make_dataset, reference_zoo
 
 RESULTS = Path(__file__).parent / "results"
@@ -91,25 +93,42 @@ def summarise(rows: List[Dict]) -> Dict:
             "seconds": sum(r[label]["wall_seconds"] for r in rows),
             "evaluations": sum(r[label]["num_evaluations"] for r in rows),
         }
-    # Neural Cleanse's norms under our test (log norms, noise floor): what the test alone changes.
-    relabelled = []
-    for r in rows:
-        norms = torch.tensor(r["neural_cleanse"]["statistics"]["mask_l1"])
-        flags = flag_anomalies(norms.log(), direction="low", min_scale=SCAN_DEFAULTS["noise_floor"])
-        relabelled.append((r, [c for c, f in zip(r["neural_cleanse"]["classes"], flags.tolist()) if f]))
-    out["neural_cleanse_our_test"] = {
-        "detected": {k: [sum(r["target"] in f for r, f in relabelled if r["kind"] == k and r["target"] is not None),
-                         sum(1 for r, _ in relabelled if r["kind"] == k and r["target"] is not None)]
-                     for k in sorted({r["kind"] for r in rows if r["target"] is not None})},
-        "false_alarm_clean_models": [sum(bool(f) for r, f in relabelled if r["kind"] == "clean"),
-                                     sum(1 for r in rows if r["kind"] == "clean")],
-        "non_target_flags_backdoored": sum(len([c for c in f if c != r["target"]])
-                                           for r, f in relabelled if r["target"] is not None),
-    }
+    # Both scans' norms judged by other decision rules: how much the flags owe to the rule (5 classes only)
+    out["decision_rules"] = {rule: {label: _judge(rows, label, rule) for label in ("ours", "neural_cleanse")}
+                             for rule in RULES}
     nc = out["neural_cleanse"]
     out["time_ratio"] = out["ours"]["seconds"] / nc["seconds"] if nc["seconds"] else None
     out["evaluation_ratio"] = out["ours"]["evaluations"] / nc["evaluations"] if nc["evaluations"] else None
     return out
+
+
+RULES = {
+    "MAD of the norms (Neural Cleanse's rule)": dict(log=False, leave_one_out=False, floor=0.0),
+    "MAD of the log norms, scale floor (our scan's rule)": dict(log=True, leave_one_out=False, floor=None),
+    "leave-one-out MAD of the log norms, scale floor": dict(log=True, leave_one_out=True, floor=None),
+}
+
+
+def _judge(rows: List[Dict], label: str, rule: str) -> Dict:
+    """Flags from the stored per-class norms under ``rule`` (low side, threshold 2)."""
+    settings = RULES[rule]
+    floor = SCAN_DEFAULTS["noise_floor"] if settings["floor"] is None else settings["floor"]
+    detected, total, clean_flags, clean_total, other_flags = 0, 0, 0, 0, 0
+    for r in rows:
+        norms = torch.tensor(r[label]["statistics"]["mask_l1"]).double()
+        values = norms.log() if settings["log"] else norms
+        index = mad_anomaly_index(values, leave_one_out=settings["leave_one_out"], min_scale=floor)
+        low = values < values.quantile(0.5)
+        flagged = [c for c, i, l in zip(r[label]["classes"], index.tolist(), low.tolist()) if l and i > 2.0]
+        if r["target"] is not None:
+            total += 1
+            detected += r["target"] in flagged
+            other_flags += len([c for c in flagged if c != r["target"]])
+        elif r["kind"] == "clean":
+            clean_total += 1
+            clean_flags += bool(flagged)
+    return {"detected": [detected, total], "false_alarm_clean_models": [clean_flags, clean_total],
+            "non_target_flags_backdoored": other_flags}
 
 
 def markdown(rows: List[Dict], summary: Dict, command: str, clean_size: int) -> str:
@@ -140,13 +159,16 @@ def markdown(rows: List[Dict], summary: Dict, command: str, clean_size: int) -> 
             f"| model evaluations (all models) | {ours['evaluations']} | {nc['evaluations']} |",
             f"| wall time, all models | {ours['seconds']:.0f} s ({summary['time_ratio']:.2f} x NC) "
             f"| {nc['seconds']:.0f} s |", ""]
-        alt = summary["neural_cleanse_our_test"]
-        lines += ["Neural Cleanse's l1 norms judged by our test (MAD index of the log norms, noise floor "
-                  f"{SCAN_DEFAULTS['noise_floor']}): detected "
-                  + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in alt["detected"].items())
-                  + f"; clean models with a flag {alt['false_alarm_clean_models'][0]}/"
-                  f"{alt['false_alarm_clean_models'][1]}; non-target flags on backdoored models "
-                  f"{alt['non_target_flags_backdoored']}.", ""]
+        lines += ["The same per-class norms judged by other rules (low side, threshold 2; "
+                  f"scale floor {SCAN_DEFAULTS['noise_floor']} in log units): backdoors detected, clean models "
+                  "with a flag, non-target flags on backdoored models:", "",
+                  "| rule | input-agnostic scan | Neural Cleanse |", "| --- | --- | --- |"]
+        for rule, judged in summary["decision_rules"].items():
+            lines.append(f"| {rule} | " + " | ".join(
+                f"{j['detected'][0]}/{j['detected'][1]}, {j['false_alarm_clean_models'][0]}/"
+                f"{j['false_alarm_clean_models'][1]}, {j['non_target_flags_backdoored']}"
+                for j in (judged["ours"], judged["neural_cleanse"])) + " |")
+        lines.append("")
     lines += ["Per model (flagged classes; anomaly index of the target; suspect = top anomaly):", "",
               "| model | kind | target | ours: flagged | ours: index | ours: suspect | ours: energy / IoU "
               "| NC: flagged | NC: index | NC: suspect | NC: energy / IoU | time ours / NC |",
@@ -176,6 +198,9 @@ def main(argv=None):
     parser.add_argument("--scan-options", default="{}", help="JSON options for scan_for_backdoor")
     parser.add_argument("--nc-options", default="{}", help="JSON options for neural_cleanse")
     parser.add_argument("--out", default=str(RESULTS / "backdoor_scan"), help="output path without suffix")
+    parser.add_argument("--merge", default="",
+                        help="comma-separated result JSONs of runs over parts of the zoo (same settings): "
+                             "combine their rows into --out, in zoo order, without running anything")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of models already in the output JSON (same settings) and run the rest")
     args = parser.parse_args(argv)
@@ -193,6 +218,12 @@ def main(argv=None):
     if args.resume and out.with_suffix(".json").exists():
         done = {r["name"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
     rows = []
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge.split(",")]
+        merged = {r["name"]: r for part in parts for r in part["rows"]}
+        rows = [merged[n] for n in zoo if n in merged]
+        command = "; ".join(part["command"] for part in parts) + "; " + command
+        names = []
     for name in names:
         if name in done:
             rows.append(done[name])
@@ -201,11 +232,17 @@ def main(argv=None):
         r = rows[-1]
         print(f"{name}: ours {verdict(r, 'ours')} NC {verdict(r, 'neural_cleanse')} "
               f"({r['ours']['wall_seconds']:.0f} s vs {r['neural_cleanse']['wall_seconds']:.0f} s)", flush=True)
-        summary = summarise(rows)
-        out.with_suffix(".json").write_text(json.dumps({"command": command, "summary": summary, "rows": rows,
-                                                        "torch": torch.__version__}, indent=1))
-        out.with_suffix(".md").write_text(markdown(rows, summary, command.strip(), args.clean_size))
+        _write(out, rows, command, args.clean_size)
+    if args.merge:
+        _write(out, rows, command, args.clean_size)
     print(out.with_suffix(".md").read_text())
+
+
+def _write(out: Path, rows: List[Dict], command: str, clean_size: int) -> None:
+    summary = summarise(rows)
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "summary": summary, "rows": rows,
+                                                    "torch": torch.__version__}, indent=1))
+    out.with_suffix(".md").write_text(markdown(rows, summary, command.strip(), clean_size))
 
 
 if __name__ == "__main__":

@@ -247,15 +247,39 @@ def test_localisation_metrics_by_hand():
 # ---------------------------------------------------------------- shipped models
 
 
-@pytest.mark.slow
-def test_scan_finds_the_shipped_patch_backdoor_and_spares_its_twin():
-    # Default settings on 100 clean images: about a minute of CPU per model (hence slow);
-    # cheaper settings (60 steps on 50 images) do not converge and flag nothing.
-    from captum_global.world import load_reference_model, make_dataset, reference_target_class
+# The shipped pair both scans get right with their defaults in the zoo benchmark (same clean
+# set): the ResNet with the 6x6 patch (target 0) and its clean twin. Default settings on 100
+# clean images cost about 20 s per scan (ours) and 40 s (Neural Cleanse) of one CPU core, hence
+# slow. Cheaper settings were tried and do not hold: on 40 images, 60 steps of 10 inputs (checks
+# every 2 steps), 100 steps of 8 or 120 steps of 5 flag class 4 or nothing on the backdoored
+# ResNet (the cost schedule has not converged); the fast tests above use a model whose backdoor
+# is built in instead.
+SHIPPED_CLEAN_SEED = 20_261_125   # the clean set of benchmarks/backdoor_scan.py
 
-    clean = make_dataset(100, seed=4242).images
-    settings = dict(seed=0)
-    backdoored = scan_for_backdoor(load_reference_model("resnet", "patch"), clean[:1], clean_inputs=clean, **settings)
-    twin = scan_for_backdoor(load_reference_model("resnet", "clean"), clean[:1], clean_inputs=clean, **settings)
+
+@pytest.fixture(scope="module")
+def shipped_pair():
+    from captum_global.world import load_reference_model, make_dataset
+
+    return (load_reference_model("resnet", "patch"), load_reference_model("resnet", "clean"),
+            make_dataset(100, seed=SHIPPED_CLEAN_SEED).images)
+
+
+@pytest.mark.slow
+def test_scan_finds_the_shipped_patch_backdoor_and_spares_its_twin(shipped_pair):
+    from captum_global.world import reference_target_class
+
+    backdoored_model, twin_model, clean = shipped_pair
+    backdoored = scan_for_backdoor(backdoored_model, clean[:1], clean_inputs=clean, seed=0)
+    twin = scan_for_backdoor(twin_model, clean[:1], clean_inputs=clean, seed=0)
     assert backdoored.flagged == [reference_target_class()]
     assert twin.flagged == []
+
+
+@pytest.mark.slow
+def test_neural_cleanse_finds_the_shipped_patch_backdoor_and_spares_its_twin(shipped_pair):
+    from captum_global.world import reference_target_class
+
+    backdoored_model, twin_model, clean = shipped_pair
+    assert neural_cleanse(backdoored_model, clean, seed=0).flagged == [reference_target_class()]
+    assert neural_cleanse(twin_model, clean, seed=0).flagged == []
