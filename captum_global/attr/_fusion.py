@@ -10,9 +10,10 @@ from torch import Tensor
 
 from captum_global._maps import minmax_normalise, otsu_threshold
 
-__all__ = ["FUSIONS", "fuse_layer_maps", "hard_gate", "soft_gate"]
+__all__ = ["FUSIONS", "DEFAULT_FUSION", "fuse_layer_maps", "hard_gate", "soft_gate"]
 
 FUSIONS = ("otsu", "soft-otsu", "mean", "none")
+DEFAULT_FUSION = "otsu"
 
 
 def hard_gate(v: Tensor) -> Tensor:
