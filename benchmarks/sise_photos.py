@@ -11,6 +11,11 @@ metrics of ``captum_global.metrics`` (Average Drop %, Increase in Confidence
 %, insertion AUC from a blurred image, deletion AUC to black; softmax
 probability) and the masked passes per image; and draws one picture per
 photo (its centred view) with each method's map.
+
+``--options`` instead runs SISE with each option set of
+``benchmarks.sise_layer_study.GROUPED_VARIANTS`` (the defaults, and one
+option changed at a time) on the centred view of every photo: the check of
+the defaults, chosen on the reference models, on real photos.
 """
 import argparse
 import json
@@ -33,7 +38,7 @@ from captum_global.lineup import build_lineup  # noqa: E402
 from captum_global.metrics import deletion_auc, drop_and_increase, insertion_auc  # noqa: E402
 from captum_global.world.photos import efficientnet_lite0, imagenet_class_names, photo_set  # noqa: E402
 
-__all__ = ["photo_check", "photo_grid", "main"]
+__all__ = ["photo_check", "photo_grid", "options_check", "main"]
 
 DEFAULT_METHODS = ("SISE", "SISE (paper settings)", "Grad-CAM")
 
@@ -99,6 +104,21 @@ def photo_grid(images, labels, targets, maps: Dict[str, torch.Tensor], view: str
     return fig
 
 
+def options_check(n_steps: int = 16) -> str:
+    """SISE's option sets on the centred view of every photo, as a Markdown table."""
+    from benchmarks.sise_layer_study import GROUPED_VARIANTS, option_header, option_rows
+
+    images, _ = photo_set(views=("centre",))
+    model = efficientnet_lite0()
+    with torch.no_grad():
+        targets = torch.cat([model(images[i:i + 8]).argmax(1) for i in range(0, len(images), 8)])
+    print(option_header(False))
+    rows = option_rows(model, images, targets, None, GROUPED_VARIANTS, batch=64, n_steps=n_steps)
+    return "\n".join([option_header(False)] + [
+        f"| {r['variant']} | {r['drop']:.1f} | {r['increase']:.1f} | {r['insertion']:.3f} | {r['deletion']:.3f} | "
+        f"{r['passes']:.1f} |" for r in rows])
+
+
 def _markdown(result: Dict[str, object]) -> str:
     lines = ["# SISE on real photos (EfficientNet-Lite0, ImageNet)", "", f"Command: `{result['command']}`", "",
              f"Images: {result['n_images']} ({result['data']}); target: the model's top-1 class; "
@@ -119,8 +139,16 @@ def main(argv=None) -> Dict[str, object]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="folder for sise_photos.md/.json")
     parser.add_argument("--figure", default=None, help="path of the per-photo figure (PNG)")
+    parser.add_argument("--options", action="store_true", help="SISE's option sets on the centred views")
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
+    if opts.options:
+        table = options_check(opts.n_steps)
+        if opts.out:
+            Path(opts.out, "sise_photo_options.md").write_text(
+                "# SISE options on the photos (EfficientNet-Lite0, centred views, top-1 class)\n\n"
+                "Command: `python -m benchmarks.sise_photos --options --out OUT`\n\n" + table + "\n")
+        return {"table": table}
     command = "python -m benchmarks.sise_photos " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     images, labels, targets, maps, rows = photo_check(opts.methods.split(","), opts.views.split(","), opts.n_steps)

@@ -138,7 +138,7 @@ class SISE(PerturbationAttribution):
         additional_forward_args: Any = None,
         baselines: BaselineType = None,
         mu: float = 0.0,
-        score: Union[str, Callable[[Tensor], Tensor]] = "softmax",
+        score: Union[str, Callable[[Tensor], Tensor]] = "logit",
         fusion: str = DEFAULT_FUSION,
         similarity_threshold: Optional[float] = DEFAULT_SIMILARITY_THRESHOLD,
         max_maps_per_layer: Union[None, int, float] = None,
@@ -168,11 +168,11 @@ class SISE(PerturbationAttribution):
             mu (float): keep maps with ``alpha_k > mu * max_k alpha_k``. 0 (the
                 paper's default) keeps the maps whose gradient supports the
                 class. ``float('-inf')`` keeps every non-constant map.
-            score (str or callable): ``psi``; ``"softmax"`` (default: the
-                class probability), ``"logit"`` (the paper's choice), or a
-                differentiable callable mapping the model output to scores of
-                the same shape. The same ``psi`` filters the maps (its
-                gradient) and scores the masks.
+            score (str or callable): ``psi``; ``"logit"`` (default: the
+                model's output, as the paper), ``"softmax"`` (the class
+                probability), or a differentiable callable mapping the model
+                output to scores of the same shape. The same ``psi`` filters
+                the maps (its gradient) and scores the masks.
             fusion (str): how block maps are fused, coarse deciding where:
                 ``"otsu-normalised"`` (default: hard Otsu gates, each block
                 weighing as much as all finer blocks together), ``"otsu"``
