@@ -10,7 +10,9 @@ Per model and method, on the same ``--n`` images of the benchmark workload
   call, minus the method's own plain passes (SISE and Grad-CAM: one gradient
   pass; Score-CAM and Occlusion: one plain pass);
 - wall time per image, and as a multiple of one no-grad forward pass per
-  image (measured in the same process, at the same batch of images);
+  image (measured in the same rounds, over ``--forward-passes`` copies of the
+  images in batches of ``--batch``, so that it lasts about as long as a
+  method and sees the same load);
 - for SISE, its overhead: wall time over the time spent inside its masked
   forward calls (target <= 1.10), and the same after its set-up (layer
   choice and the gradient pass): the cost of grouping, upsampling masks and
@@ -86,10 +88,18 @@ def _explainers(work, rise_masks: int, batch: int) -> Dict[str, object]:
     return out
 
 
-def measure_costs(model_name: str, n: int, repeats: int, rise_masks: int, batch: int) -> List[Dict[str, object]]:
-    """Rows ``{model, method, passes_per_image, seconds_per_image, time_vs_forward, ...}``."""
+def measure_costs(model_name: str, n: int, repeats: int, rise_masks: int, batch: int,
+                  forward_passes: int = 128) -> List[Dict[str, object]]:
+    """Rows ``{model, method, passes_per_image, seconds_per_image, time_vs_forward, ...}``.
+
+    The forward pass is timed over ``forward_passes`` copies of the images in
+    batches of ``batch``: as long as a method's own passes, so that on a
+    shared machine both see the same contention.
+    """
     work = load_workload(model_name, n)
     x, y = work.images[:n], work.targets[:n]
+    copies = x.repeat((forward_passes + len(x) - 1) // len(x), 1, 1, 1)[:forward_passes]
+    forward_batches = list(copies.split(batch))
     explain = _explainers(work, rise_masks, batch)
     counter, clock = EvaluationCounter(work.model), _ForwardClock(work.model)
     best = {m: math.inf for m in METHODS}
@@ -97,7 +107,7 @@ def measure_costs(model_name: str, n: int, repeats: int, rise_masks: int, batch:
     fwd = math.inf
     try:
         for _ in range(repeats):
-            fwd = min(fwd, forward_time(work.model, [x], torch.device("cpu"), repeats=2))
+            fwd = min(fwd, forward_time(work.model, forward_batches, torch.device("cpu"), repeats=1))
             for method in METHODS:
                 counter.n_examples = 0
                 clock.calls.clear()
@@ -156,6 +166,7 @@ def main(argv=None) -> Dict[str, object]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rise-masks", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=32, help="Score-CAM / RISE masked inputs per call")
+    parser.add_argument("--forward-passes", type=int, default=128, help="images in the forward-pass timing")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="folder for sise_cost.md/.json (default: print only)")
     parser.add_argument("--name", default="sise_cost")
@@ -165,7 +176,7 @@ def main(argv=None) -> Dict[str, object]:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     rows = []
     for model in opts.models.split(","):
-        rows += measure_costs(model, opts.n, opts.repeats, opts.rise_masks, opts.batch)
+        rows += measure_costs(model, opts.n, opts.repeats, opts.rise_masks, opts.batch, opts.forward_passes)
     result = {"command": command, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "repeats": opts.repeats, "rows": rows}
     text = _markdown(result)

@@ -379,6 +379,14 @@ def test_compiled_model_gives_the_eager_result():
     assert _clean(model)
 
 
+@pytest.mark.slow  # inductor compiles C++ for the CPU: tens of seconds
+def test_compiled_with_the_default_backend():
+    torch.manual_seed(0)
+    model, x = TutorialNet().eval(), _x(n=2, size=32)
+    expected = SISE(model).attribute(x, target=[3, 7])
+    torch.testing.assert_close(SISE(torch.compile(model)).attribute(x, target=[3, 7]), expected, atol=1e-4, rtol=0)
+
+
 def test_torchscript_is_refused_with_the_reason():
     model, x = TutorialNet().eval(), _x(n=1, size=32)
     for scripted in (torch.jit.trace(model, x), torch.jit.script(model)):
