@@ -119,8 +119,9 @@ def _on_contract(raw_build: Callable[[nn.Module, Tensor], Callable]) -> Callable
     return build
 
 
-# SISE as the paper describes it: every kept map scored, logit scores, hard
-# Otsu gates (the package's default before adaptive mask selection).
+#: SISE's options for the paper's settings: every kept map scored, logit
+#: scores, hard Otsu gates (the package's defaults before adaptive mask
+#: selection). ``SISE(model).attribute(x, target=t, **SISE_PAPER_SETTINGS)``.
 SISE_PAPER_SETTINGS = {"similarity_threshold": None, "fusion": "otsu", "score": "logit"}
 
 

@@ -229,7 +229,7 @@ def find_block_outputs(
         list of :class:`BlockOutput` ``(name, module, shape)``, ordered from the
         input to the output; ``shape`` is the output's ``[C, h, w]``.
 
-    A ``torch.compile``d model is traced through its original module (the
+    A model made by ``torch.compile`` is traced through its original module (the
     names are the original module's); a TorchScript model is refused (its
     layers cannot be hooked).
 

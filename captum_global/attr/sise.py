@@ -69,7 +69,7 @@ class SISE(PerturbationAttribution):
 
     Args:
         forward_func (nn.Module): the model; it must be an ``nn.Module`` since
-            SISE hooks its layers. A ``torch.compile``d model works (its
+            SISE hooks its layers. A model made by ``torch.compile`` works (its
             layers are hooked on the original module for the one gradient
             pass; the masked inputs go through the compiled model). TorchScript
             modules are refused: their layers cannot be hooked.
