@@ -217,6 +217,11 @@ def test_bad_inputs_and_layers(net):
     nan[0, 0, 0, 0] = float("nan")
     with pytest.raises(InvalidArgumentError, match="inputs must be finite"):
         SISE(net).attribute(nan, target=0)
+    for not_a_tensor in (_x(n=1).numpy(), [_x(n=1)[0]]):
+        with pytest.raises(InvalidArgumentTypeError, match="inputs must be a tensor"):
+            SISE(net).attribute(not_a_tensor, target=0)
+        with pytest.raises(InvalidArgumentTypeError, match="inputs must be a tensor"):
+            SISE(net).selected_layers(not_a_tensor)
     with pytest.raises(ValueError, match="layers"):
         SISE(net, ["block3"])
     with pytest.raises(ValueError, match="layers"):

@@ -121,7 +121,7 @@ class SISE(PerturbationAttribution):
         """
         if self.layer_names is not None:
             return list(self.layer_names)
-        xs = format_inputs(inputs)
+        xs = _input_tuple(inputs)
         n = xs[0].shape[0] if isinstance(xs[0], Tensor) and xs[0].dim() > 0 else 1
         probe = tuple(x[:1] if isinstance(x, Tensor) else x for x in xs)
         probe_args = index_additional_args(format_additional_forward_args(additional_forward_args),
@@ -224,7 +224,7 @@ class SISE(PerturbationAttribution):
             {'1': (1, 1, 32, 32), '4': (1, 1, 32, 32)}
         """
         was_tuple = is_tuple(inputs)
-        xs = _check_inputs(format_inputs(inputs))
+        xs = _check_inputs(_input_tuple(inputs))
         n = xs[0].shape[0]
         bases = _check_baselines(baselines, xs)
         args = format_additional_forward_args(additional_forward_args)
@@ -265,6 +265,15 @@ def _resolve_layer(model: nn.Module, eager: nn.Module, layer: Union[nn.Module, s
     if isinstance(layer, str) and eager is not model and layer.startswith(prefix):
         layer = layer[len(prefix):]
     return find_module(eager, layer, "layers")
+
+
+def _input_tuple(inputs: Any) -> Tuple[Any, ...]:
+    # Captum's formatter asserts on anything else; say which argument is wrong
+    if not isinstance(inputs, (Tensor, tuple)):
+        raise InvalidArgumentTypeError(
+            f"inputs must be a tensor [N, C, H, W] or a tuple of them, got {type(inputs).__name__}"
+        )
+    return format_inputs(inputs)
 
 
 def _check_inputs(xs: Tuple[Any, ...]) -> Tuple[Tensor, ...]:
