@@ -58,7 +58,8 @@ class ManipulationResult:
         history: per step ``loss``, ``classification_loss``, ``fooling_loss``.
         checkpoints: ``{"step", "accuracy", "fooling_loss"}`` per accuracy
             check (``fooling_loss``: mean training penalty since the last one).
-        seconds: wall time of the fine-tuning loop (checks included).
+        seconds: wall time of the fine-tuning loop (accuracy checks included).
+        step_seconds: wall time of the fine-tuning steps alone.
         settings: the arguments, for the record.
     """
 
@@ -74,6 +75,7 @@ class ManipulationResult:
     history: Dict[str, List[float]] = field(default_factory=dict)
     checkpoints: List[Dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    step_seconds: float = 0.0
     settings: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,7 +86,7 @@ class ManipulationResult:
     def as_dict(self) -> Dict[str, Any]:
         """JSON-serialisable record (no model, no tensors)."""
         keys = ("fooling", "explanation", "accuracy_before", "accuracy_after", "fooling_loss_before",
-                "fooling_loss_after", "steps", "kept_step", "checkpoints", "seconds", "settings")
+                "fooling_loss_after", "steps", "kept_step", "checkpoints", "seconds", "step_seconds", "settings")
         return {**{k: getattr(self, k) for k in keys}, "accuracy_drop": self.accuracy_drop}
 
     def summary(self) -> str:
@@ -252,18 +254,20 @@ def manipulate_model(
         optimiser = torch.optim.Adam(params, lr=lr)
         history: Dict[str, List[float]] = {"loss": [], "classification_loss": [], "fooling_loss": []}
         checkpoints: List[Dict[str, float]] = []
-        kept_state, kept_step = None, 0
+        kept_state, kept_step, step_seconds = None, 0, 0.0
         start = time.perf_counter()
         batches, fooling_batches = _cycle(data), (None if fooling_data is None else _cycle(fooling_data))
         for step in tqdm(range(1, steps + 1), disable=not show_progress, desc=f"{fooling} fooling"):
             x, y = next(batches)
             xf, yf = (x, y) if fooling_batches is None else next(fooling_batches)
+            step_start = time.perf_counter()
             classification = F.cross_entropy(fooled(x), y.to(x.device))
             fooling_loss = penalty(fooled, xf, yf)
             loss = classification + fooling_weight * fooling_loss
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            step_seconds += time.perf_counter() - step_start
             for key, value in zip(history, (loss, classification, fooling_loss)):
                 history[key].append(float(value.detach()))
             if step % eval_every == 0 or step == steps:
@@ -286,7 +290,7 @@ def manipulate_model(
                     region_pixels=None if region is None else int(region.sum()))
     return ManipulationResult(fooled, fooling, getattr(explainer, "name", "explanation"), accuracy_before,
                               accuracy_after, fooling_before, fooling_after, steps, kept_step, history,
-                              checkpoints, seconds, settings)
+                              checkpoints, seconds, step_seconds, settings)
 
 
 class _Penalty:
