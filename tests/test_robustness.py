@@ -300,3 +300,38 @@ def test_data_checks(trained):
         manipulate_model(trained, [], steps=1)
     with pytest.raises(InvalidArgumentError, match=r"data must yield \(inputs, labels\)"):
         manipulate_model(trained, [torch.rand(2, 3, SIZE, SIZE)], steps=1)
+
+
+def test_explanation_of_the_wrong_type_is_refused(trained):
+    with pytest.raises(InvalidArgumentTypeError, match="explanation must be a name"):
+        manipulate_model(trained, batches(*planted_data(8, seed=9)), 42, steps=1)
+
+
+# --- the benchmark's pieces ------------------------------------------------------------------------
+
+def test_two_object_images_paste_the_second_object_apart_from_the_first():
+    from benchmarks.fooling import two_object_images
+    from captum_global.world import make_dataset
+
+    ds = make_dataset(40, seed=3, image_size=32)
+    images, first, second = two_object_images(ds, 0, 1, 4, seed=0, margin=1)
+    assert images.shape == (4, 3, 32, 32) and first.shape == second.shape == (4, 32, 32)
+    assert not bool((first & second).any()) and bool(first.flatten(1).any(1).all()) and bool(second.flatten(1).any(1).all())
+    for image, m1 in zip(images, first):
+        base = next(i for i in range(len(ds)) if ds.labels[i] == 0 and torch.equal(ds.object_masks[i], m1))
+        assert torch.equal(image[:, m1], ds.images[base][:, m1])        # the first object is untouched
+
+
+@pytest.mark.slow
+def test_fooling_benchmark_smoke(tmp_path):
+    from benchmarks.fooling import main
+
+    result = main(["--archs", "vgg", "--explanations", "grad_cam", "--foolings", "location,active", "--adaptive",
+                   "location", "--methods", "gradcam,saliency,sise", "--n-images", "4", "--n-train", "64",
+                   "--n-val", "32", "--steps", "2", "--sise-steps", "2", "--eval-every", "1", "--out", str(tmp_path),
+                   "--figures", str(tmp_path), "--cache", str(tmp_path / "cache"), "--name", "smoke"])
+    entry = result["archs"]["vgg"]
+    assert [(m["explanation"], m["fooling"]) for m in entry["manipulations"]] == [
+        ("grad_cam", "location"), ("grad_cam", "active"), ("soft_sise", "location")]
+    assert len(entry["rows"]) == 9 and all(0 <= r["success_rate"] <= 1 for r in entry["rows"])
+    assert (tmp_path / "smoke.md").is_file() and (tmp_path / "fooling_vgg_grad_cam.png").is_file()

@@ -42,7 +42,8 @@ class ManipulationResult:
     """What :func:`manipulate_model` returns.
 
     Attributes:
-        model: the manipulated copy, in eval mode (the weights of ``kept_step``).
+        model: the manipulated copy, in eval mode (the weights of ``kept_step``),
+            with the original's ``requires_grad`` flags.
         fooling: the fooling kind.
         explanation: the name of the fooled explanation.
         accuracy_before, accuracy_after: top-1 accuracy on the evaluation
@@ -281,7 +282,8 @@ def manipulate_model(
             fooled.load_state_dict(kept_state)
         else:
             fooled = copy.deepcopy(model).eval()
-        fooled.requires_grad_(False)
+        for mine, theirs in zip(fooled.parameters(), model.parameters()):
+            mine.requires_grad_(theirs.requires_grad)  # the copy behaves like the original under other tools
         accuracy_after = _accuracy(fooled, eval_data)
         fooling_after = penalty.evaluate(fooled, eval_data, fooling_eval_examples, seed)
     settings = dict(explanation=repr(explainer), fooling=fooling, steps=steps, lr=lr, fooling_weight=fooling_weight,
