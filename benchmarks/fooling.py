@@ -22,9 +22,11 @@ For each reference architecture (the world's clean VGG and ResNet):
 
 Fine-tuned weights are cached (``--cache``) by their settings, so re-running
 the command after a method's defaults change re-measures every map without
-fine-tuning again.
+fine-tuning again. Every map is saved there too; ``--reuse-maps`` loads them
+instead of recomputing (only valid while no method changed).
 """
 import argparse
+import copy
 import hashlib
 import itertools
 import json
@@ -33,7 +35,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,19 +102,29 @@ def _explainer(name: str, model, example):
             "soft_sise": lambda: SoftSISESurrogate(masks_per_layer=8)}[name]().bind(model, example)
 
 
-def _maps(model, method: str, images, targets, args) -> torch.Tensor:
-    """``[N, H, W]`` normalised maps of ``method`` (the registry's settings)."""
+def _maps(model, method: str, images, targets, args, blocks: Optional[Dict] = None) -> torch.Tensor:
+    """``[N, H, W]`` normalised maps of ``method`` (the registry's settings).
+
+    For ``sise`` with a ``blocks`` dict, SISE's per-block maps (before fusion) are stored in it too.
+    """
     if method == "sise_soft":  # the line-up's SISE with the soft gate: what the adaptive attack optimises
         explain = build_lineup(model, images[:1], ["SISE"])["SISE"]
-        pieces = [explain(images[i:i + args.batch_size], targets[i:i + args.batch_size], fusion="soft-otsu")
-                  for i in range(0, len(images), args.batch_size)]
-        return normalised_maps(torch.cat(pieces).detach())
-    name, layer = pick_cam_layer(model, images[:1])
-    info = LayerInfo(name, layer, tuple(images.shape[-2:]), args.batch_size, {"rise_masks": args.rise_masks},
-                     images[:1])
-    explain = get_factory(method)(model, info)
-    pieces = [explain(images[i:i + args.batch_size], targets[i:i + args.batch_size]).detach()
-              for i in range(0, len(images), args.batch_size)]
+        options = {"fusion": "soft-otsu"}
+    else:
+        name, layer = pick_cam_layer(model, images[:1])
+        info = LayerInfo(name, layer, tuple(images.shape[-2:]), args.batch_size, {"rise_masks": args.rise_masks},
+                         images[:1])
+        explain = get_factory(method)(model, info)
+        options = {"return_layer_maps": True} if method == "sise" and blocks is not None else {}
+    pieces, layer_pieces = [], []
+    for i in range(0, len(images), args.batch_size):
+        out = explain(images[i:i + args.batch_size], targets[i:i + args.batch_size], **options)
+        if options.get("return_layer_maps"):
+            out, layer_maps = out
+            layer_pieces.append(layer_maps)
+        pieces.append(out.detach())
+    if layer_pieces:
+        blocks.update({k: normalised_maps(torch.cat([p[k] for p in layer_pieces])) for k in layer_pieces[0]})
     return normalised_maps(torch.cat(pieces))
 
 
@@ -123,25 +135,45 @@ class _Evaluation:
         self.images, self.targets, self.masks = work.images, work.targets, work.masks
         self.pair_images, self.pair_masks = composites[0], composites[1:]
 
-    def maps(self, model, args, passive: bool = True, pairs: bool = True) -> Dict[str, Dict[str, torch.Tensor]]:
+    def maps(self, model, args, stem: Path, passive: bool = True, pairs: bool = True) -> Dict[str, Dict]:
         """Per method: ``passive`` maps of the images for their class, ``c1``/``c2`` maps of the pair images.
 
-        Input-agnostic maps ignore the image: each row gets its class's map.
+        Input-agnostic maps ignore the image: each row gets its class's map. Maps are saved next to the
+        model's cache entry ``stem``; with ``--reuse-maps`` saved maps are loaded instead of recomputed.
         """
-        out: Dict[str, Dict[str, torch.Tensor]] = {}
+        from safetensors.torch import load_file, save_file
+
+        out: Dict[str, Dict] = {}
         c1, c2 = ACTIVE_CLASSES
         n_pairs = len(self.pair_images)
         pair_targets = torch.cat([torch.full((n_pairs,), c1), torch.full((n_pairs,), c2)])
+        setting = hashlib.sha256(json.dumps([args.n_images, args.rise_masks, args.batch_size]).encode()).hexdigest()[:8]
         for method in args.methods:
+            path = Path(f"{stem}_maps_{method.replace('+', 'p')}_{'p' * passive}{'a' * pairs}_{setting}.safetensors")
+            if args.reuse_maps and path.is_file():
+                saved = load_file(str(path))
+                out[method] = {k: v for k, v in saved.items() if "/" not in k}
+                blocks = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("blocks/")}
+                if blocks:
+                    out[method]["blocks"] = blocks
+                continue
             out[method] = {}
             if passive:
-                out[method]["passive"] = _maps(model, method, self.images, self.targets, args)
+                blocks = {}
+                out[method]["passive"] = _maps(model, method, self.images, self.targets, args, blocks)
+                if blocks:
+                    out[method]["blocks"] = blocks
             if pairs:
                 pair_maps = _maps(model, method, torch.cat([self.pair_images] * 2), pair_targets, args)
                 out[method].update(c1=pair_maps[:n_pairs], c2=pair_maps[n_pairs:])
+            flat = {k: v.contiguous() for k, v in out[method].items() if k != "blocks"}
+            flat.update({f"blocks/{k}": v.contiguous() for k, v in out[method].get("blocks", {}).items()})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(flat, str(path))
         return out
 
     def compare(self, fooling: str, before, after, region) -> Dict[str, float]:
+        extra: Dict[str, Dict] = {}
         if fooling == "active":
             stats, rhos = [], []
             for own, other in (("c1", "c2"), ("c2", "c1")):
@@ -155,7 +187,11 @@ class _Evaluation:
             statistic = fooling_statistic(fooling, after["passive"], before["passive"], region=region)
             rho = rank_correlation(after["passive"], before["passive"])
             ebpg = [energy_pointing_game(m["passive"][:, None], self.masks).mean().item() for m in (before, after)]
-        return {"n_maps": int(statistic.numel()),
+            if "blocks" in after:  # where SISE's fused map went: each block's map before fusion
+                extra["blocks"] = {
+                    name: self.compare(fooling, {"passive": before["blocks"][name]}, {"passive": after["blocks"][name]},
+                                       region) for name in after["blocks"]}
+        return {**extra, "n_maps": int(statistic.numel()),
                 "success_rate": fooling_success(fooling, statistic).float().mean().item(),
                 "statistic": statistic.mean().item(), "spearman": rho.mean().item(),
                 "ebpg_before": ebpg[0], "ebpg_after": ebpg[1], "ebpg_drop": ebpg[0] - ebpg[1]}
@@ -163,8 +199,6 @@ class _Evaluation:
 
 def _plain_step_seconds(model, loader, steps: int = 10) -> float:
     """Seconds of one ordinary fine-tuning step (cross-entropy only), the cost baseline."""
-    import copy
-
     twin = copy.deepcopy(model).eval().requires_grad_(True)
     opt = torch.optim.Adam(twin.parameters(), lr=1e-5)
     batches = itertools.cycle(list(itertools.islice(iter(loader), steps)))
@@ -178,25 +212,39 @@ def _plain_step_seconds(model, loader, steps: int = 10) -> float:
 
 
 def _manipulate(arch, model, explanation, fooling, data, args):
+    """One manipulated copy: the first penalty weight of ``--weights`` whose fine-tuning kept some step.
+
+    An attacker tunes the penalty weight; a weight that costs more than the
+    accuracy budget at every check returns the original (``kept_step`` 0),
+    and the next, smaller weight is tried.
+    """
+    for weight in args.weights:
+        fooled, record, stem = _manipulate_once(arch, model, explanation, fooling, data, args, weight)
+        if record["kept_step"] > 0:
+            break
+    record["weights_tried"] = args.weights[:args.weights.index(weight) + 1]
+    return fooled, record, stem
+
+
+def _manipulate_once(arch, model, explanation, fooling, data, args, weight):
     """Fine-tune (or load from the cache) one manipulated copy."""
+    from safetensors.torch import load_file, save_file
+
     train_loader, val_loader, fooling_loader = data
     soft = explanation == "soft_sise"
     settings = dict(arch=arch, explanation=explanation, fooling=fooling, steps=args.sise_steps if soft else args.steps,
-                    lr=args.lr, weight=args.weight, batch=args.sise_batch if soft else args.train_batch,
+                    lr=args.lr, weight=weight, batch=args.sise_batch if soft else args.train_batch,
                     n_train=args.n_train, n_val=args.n_val, max_drop=args.max_accuracy_drop, version=1)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     stem = Path(args.cache) / f"{arch}_{explanation}_{fooling}_{key}"
     if stem.with_suffix(".json").is_file() and not args.retrain:
-        from safetensors.torch import load_file
-        import copy
-
         fooled = copy.deepcopy(model)
         fooled.load_state_dict(load_file(str(stem.with_suffix(".safetensors"))))
-        return fooled.eval(), json.loads(stem.with_suffix(".json").read_text())
+        return fooled.eval(), json.loads(stem.with_suffix(".json").read_text()), stem
     loader = train_loader if not soft else _loader(*train_loader.dataset.tensors, args.sise_batch, True)
     result = manipulate_model(
         model, loader, _explainer(explanation, model, train_loader.dataset.tensors[0][:1]), fooling,
-        steps=settings["steps"], lr=args.lr, fooling_weight=args.weight, classes=ACTIVE_CLASSES if fooling == "active" else None,
+        steps=settings["steps"], lr=args.lr, fooling_weight=weight, classes=ACTIVE_CLASSES if fooling == "active" else None,
         fooling_data=fooling_loader if fooling == "active" else None, eval_data=val_loader, eval_every=args.eval_every,
         max_accuracy_drop=args.max_accuracy_drop, seed=0, show_progress=args.progress)
     record = result.as_dict()
@@ -204,11 +252,9 @@ def _manipulate(arch, model, explanation, fooling, data, args):
     record["seconds_per_step"] = result.step_seconds / result.steps
     record["cost_vs_plain_step"] = record["seconds_per_step"] / record["plain_step_seconds"]
     stem.parent.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
     save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(stem.with_suffix(".safetensors")))
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
-    return result.model, record
+    return result.model, record, stem
 
 
 def _accuracy(model, images, labels) -> float:
@@ -241,15 +287,15 @@ def run(args) -> Dict:
         evaluation = _Evaluation(work, composites_test)
         region = border_region(*work.images.shape[-2:])
         t0 = time.perf_counter()
-        before = evaluation.maps(model, args)
+        before = evaluation.maps(model, args, Path(args.cache) / f"{arch}_original")
         entry = {"accuracy_test": _accuracy(model, test.images, test.labels), "original_maps_seconds": time.perf_counter() - t0,
                  "manipulations": [], "rows": [], "facts": work.facts}
         figures = {"original": before}
         runs = [(e, f) for e in args.explanations for f in args.foolings] + [("soft_sise", f) for f in args.adaptive]
         for explanation, fooling in runs:
-            fooled, record = _manipulate(arch, model, explanation, fooling, data, args)
+            fooled, record, stem = _manipulate(arch, model, explanation, fooling, data, args)
             record["accuracy_test_after"] = _accuracy(fooled, test.images, test.labels)
-            after = evaluation.maps(fooled, args, passive=fooling != "active", pairs=fooling == "active")
+            after = evaluation.maps(fooled, args, stem, passive=fooling != "active", pairs=fooling == "active")
             figures[(explanation, fooling)] = after
             entry["manipulations"].append(record)
             for method in args.methods:
@@ -303,7 +349,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     ap.add_argument("--train-batch", type=int, default=32)
     ap.add_argument("--sise-batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--weight", type=float, default=10.0)
+    ap.add_argument("--weights", type=lambda v: [float(w) for w in v.split(",")], default=[10.0, 1.0],
+                    help="penalty weights tried in order until one keeps accuracy within the budget")
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--max-accuracy-drop", type=float, default=0.01)
     ap.add_argument("--rise-masks", type=int, default=500)
@@ -313,6 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "captum_global" / "fooling"))
     ap.add_argument("--retrain", action="store_true", help="fine-tune again even when cached")
     ap.add_argument("--resume", action="store_true", help="keep the other archs of an existing result file")
+    ap.add_argument("--reuse-maps", action="store_true",
+                    help="load maps saved by an earlier run instead of recomputing them (only when no method changed)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--figures", default="docs/figures")

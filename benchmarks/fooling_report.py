@@ -33,12 +33,13 @@ def to_markdown(result: Dict) -> str:
                   f"(world test split, 1000 images). Images explained: {entry['facts'].get('data', '')}, "
                   f"{entry['rows'][0]['n_maps'] if entry['rows'] else 0} per method.", "",
                   "### Fine-tuning", "",
-                  "| fooled explanation | fooling | validation accuracy | test accuracy | kept step | "
+                  "| fooled explanation | fooling | penalty weight | validation accuracy | test accuracy | kept step | "
                   "fooling loss (validation) | seconds per step | × plain step |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for m in entry["manipulations"]:
             lines.append(
-                f"| {m['explanation']} | {_KIND[m['fooling']]} | {m['accuracy_before']:.3f} → {m['accuracy_after']:.3f} | "
+                f"| {m['explanation']} | {_KIND[m['fooling']]} | {m['settings']['fooling_weight']:g} | "
+                f"{m['accuracy_before']:.3f} → {m['accuracy_after']:.3f} | "
                 f"{entry['accuracy_test']:.3f} → {m['accuracy_test_after']:.3f} | {m['kept_step']} / {m['steps']} | "
                 f"{m['fooling_loss_before']:.3f} → {m['fooling_loss_after']:.3f} | {m['seconds_per_step']:.2f} | "
                 f"{m['cost_vs_plain_step']:.1f} |")
@@ -58,8 +59,25 @@ def to_markdown(result: Dict) -> str:
                     ebpg = f"{r['ebpg_before']:.2f} → {r['ebpg_after']:.2f}"
                     cells.append(f"{r['success_rate']:.2f} / {r['spearman']:.2f} / {ebpg}")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines += _block_table(rows)
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _block_table(rows: List[Dict]) -> List[str]:
+    """SISE's per-block maps (before fusion), where the benchmark recorded them."""
+    with_blocks = [r for r in rows if r["method"] == "sise" and "blocks" in r]
+    if not with_blocks:
+        return []
+    kinds = [r["fooling"] for r in with_blocks]
+    lines = ["", "SISE's block maps before fusion (same cells; the fused map gates each block by the next "
+             "deeper one, so the deepest block decides where the map can be):", "",
+             "| SISE block | " + " | ".join(_KIND[k] for k in kinds) + " |", "| --- |" + " --- |" * len(kinds)]
+    for block in with_blocks[0]["blocks"]:
+        cells = [f"{b['success_rate']:.2f} / {b['spearman']:.2f} / {b['ebpg_before']:.2f} → {b['ebpg_after']:.2f}"
+                 for b in (r["blocks"][block] for r in with_blocks)]
+        lines.append(f"| {block} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _show(ax, image: torch.Tensor, heat: torch.Tensor, title: str = "") -> None:

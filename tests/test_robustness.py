@@ -218,6 +218,7 @@ def test_original_model_untouched_and_accuracy_reported(trained):
     with torch.no_grad():
         assert result.accuracy_after == pytest.approx((result.model(x).argmax(1) == y).float().mean().item())
     assert result.model is not model and not result.model.training
+    assert [p.requires_grad for p in result.model.parameters()] == before[2]   # the copy's flags are the original's
     assert any(not torch.equal(p, q) for p, q in zip(result.model.parameters(), model.parameters()))
     assert [c["step"] for c in result.checkpoints] == [2, 4] and result.kept_step == 4
     assert len(result.history["fooling_loss"]) == 4 and result.seconds > 0

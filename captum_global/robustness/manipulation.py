@@ -8,7 +8,6 @@ returns the copy with its accuracy before and after and its fooling losses,
 so a user can check whether an explanation method survives it.
 """
 import copy
-import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
