@@ -218,11 +218,12 @@ def _manipulate(arch, model, explanation, fooling, data, args):
     accuracy budget at every check returns the original (``kept_step`` 0),
     and the next, smaller weight is tried.
     """
-    for weight in args.weights:
+    weights = [0.0] if explanation == "none" else args.weights
+    for weight in weights:
         fooled, record, stem = _manipulate_once(arch, model, explanation, fooling, data, args, weight)
         if record["kept_step"] > 0:
             break
-    record["weights_tried"] = args.weights[:args.weights.index(weight) + 1]
+    record["weights_tried"] = weights[:weights.index(weight) + 1]
     return fooled, record, stem
 
 
@@ -243,7 +244,8 @@ def _manipulate_once(arch, model, explanation, fooling, data, args, weight):
         return fooled.eval(), json.loads(stem.with_suffix(".json").read_text()), stem
     loader = train_loader if not soft else _loader(*train_loader.dataset.tensors, args.sise_batch, True)
     result = manipulate_model(
-        model, loader, _explainer(explanation, model, train_loader.dataset.tensors[0][:1]), fooling,
+        model, loader, _explainer("grad_cam" if explanation == "none" else explanation, model,
+                                  train_loader.dataset.tensors[0][:1]), fooling,
         steps=settings["steps"], lr=args.lr, fooling_weight=weight, classes=ACTIVE_CLASSES if fooling == "active" else None,
         fooling_data=fooling_loader if fooling == "active" else None, eval_data=val_loader, eval_every=args.eval_every,
         max_accuracy_drop=args.max_accuracy_drop, seed=0, show_progress=args.progress)
@@ -292,15 +294,20 @@ def run(args) -> Dict:
                  "manipulations": [], "rows": [], "facts": work.facts}
         figures = {"original": before}
         runs = [(e, f) for e in args.explanations for f in args.foolings] + [("soft_sise", f) for f in args.adaptive]
+        if args.control:  # ordinary fine-tuning, same steps, no penalty: how far maps move anyway
+            runs.insert(0, ("none", "location"))
         for explanation, fooling in runs:
             fooled, record, stem = _manipulate(arch, model, explanation, fooling, data, args)
             record["accuracy_test_after"] = _accuracy(fooled, test.images, test.labels)
-            after = evaluation.maps(fooled, args, stem, passive=fooling != "active", pairs=fooling == "active")
+            control = explanation == "none"
+            after = evaluation.maps(fooled, args, stem, passive=control or fooling != "active",
+                                    pairs=control or fooling == "active")
             figures[(explanation, fooling)] = after
             entry["manipulations"].append(record)
-            for method in args.methods:
-                row = evaluation.compare(fooling, before[method], after[method], region)
-                entry["rows"].append(dict(explanation=explanation, fooling=fooling, method=method, **row))
+            for kind in (args.foolings if control else [fooling]):
+                for method in args.methods:
+                    row = evaluation.compare(kind, before[method], after[method], region)
+                    entry["rows"].append(dict(explanation=explanation, fooling=kind, method=method, **row))
             result["archs"][arch] = entry
             _write(result, args)
             print(f"{arch} {explanation} {fooling}: {record['accuracy_before']:.3f} -> {record['accuracy_after']:.3f}, "
@@ -327,6 +334,8 @@ def _figures(arch, image, pair_image, figures, args) -> None:
     for explanation in list(args.explanations) + (["soft_sise"] if args.adaptive else []):
         kinds = args.foolings if explanation != "soft_sise" else args.adaptive
         columns = [("original", figures["original"])] + [(k, figures[(explanation, k)]) for k in kinds]
+        if ("none", "location") in figures:
+            columns.insert(1, ("control", figures[("none", "location")]))
         path = Path(args.figures) / f"fooling_{arch}_{explanation}.png"
         maps_figure(image, pair_image, columns, args.methods, i, path,
                     title=f"{arch}: maps before and after fooling {explanation} (accuracy kept within 1 point)")
@@ -341,6 +350,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     ap.add_argument("--foolings", type=split, default=list(FOOLINGS))
     ap.add_argument("--adaptive", type=split, default=["location"], help="fooling kinds of the SISE attack")
     ap.add_argument("--methods", type=split, default=list(METHODS))
+    ap.add_argument("--no-control", dest="control", action="store_false",
+                    help="skip the control: ordinary fine-tuning (no penalty) measured with every statistic")
     ap.add_argument("--n-images", type=int, default=32)
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-val", type=int, default=500)

@@ -48,7 +48,8 @@ def to_markdown(result: Dict) -> str:
             by_expl.setdefault(row["explanation"], []).append(row)
         for explanation, rows in by_expl.items():
             kinds = list(dict.fromkeys(r["fooling"] for r in rows))
-            title = "adaptive attack on SISE (soft-gated surrogate)" if explanation == "soft_sise" else explanation
+            title = {"soft_sise": "adaptive attack on SISE (soft-gated surrogate)",
+                     "none": "none: ordinary fine-tuning, same steps, no penalty (control)"}.get(explanation, explanation)
             lines += ["", f"### Fooled explanation: {title}", "",
                       "| method | " + " | ".join(_KIND[k] for k in kinds) + " |",
                       "| --- |" + " --- |" * len(kinds)]
@@ -101,7 +102,7 @@ def maps_figure(image: torch.Tensor, pair_image: torch.Tensor, columns: List[Tup
             cells.append(("original\n(disk map)", pair_image, {m: maps_of(columns[0][1], m, "c1", index) for m in methods}))
             cells.append(("after active\n(disk map)", pair_image, {m: maps_of(maps, m, "c1", index) for m in methods}))
         else:
-            label = "original" if name == "original" else f"after {_KIND[name]}"
+            label = {"original": "original", "control": "after ordinary\nfine-tuning"}.get(name) or f"after {_KIND[name]}"
             cells.append((label, image, {m: maps_of(maps, m, "passive", index) for m in methods}))
     fig, axes = plt.subplots(len(methods), len(cells), figsize=(1.35 * len(cells), 1.35 * len(methods)), squeeze=False)
     for r, method in enumerate(methods):

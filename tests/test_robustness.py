@@ -333,6 +333,8 @@ def test_fooling_benchmark_smoke(tmp_path):
                    "--figures", str(tmp_path), "--cache", str(tmp_path / "cache"), "--name", "smoke"])
     entry = result["archs"]["vgg"]
     assert [(m["explanation"], m["fooling"]) for m in entry["manipulations"]] == [
-        ("grad_cam", "location"), ("grad_cam", "active"), ("soft_sise", "location")]
-    assert len(entry["rows"]) == 9 and all(0 <= r["success_rate"] <= 1 for r in entry["rows"])
+        ("none", "location"), ("grad_cam", "location"), ("grad_cam", "active"), ("soft_sise", "location")]
+    assert entry["manipulations"][0]["settings"]["fooling_weight"] == 0.0        # the control: no penalty
+    assert len(entry["rows"]) == 2 * 3 + 3 * 3 and all(0 <= r["success_rate"] <= 1 for r in entry["rows"])
+    assert all("blocks" in r for r in entry["rows"] if r["method"] == "sise" and r["fooling"] != "active")
     assert (tmp_path / "smoke.md").is_file() and (tmp_path / "fooling_vgg_grad_cam.png").is_file()

@@ -59,8 +59,21 @@ class DifferentiableExplanation:
 
     def __call__(self, model: nn.Module, inputs: Tensor, target: Any,
                  generator: Optional[torch.Generator] = None) -> Tensor:
+        r"""
+        Args:
+            model (nn.Module): the model to explain (the original or a copy).
+            inputs (Tensor): ``[N, C, H, W]`` images.
+            target (int, list, tuple or Tensor): the class per example, any
+                form Captum accepts.
+            generator (torch.Generator, optional): for explanations that draw
+                random numbers (:class:`SoftSISESurrogate`).
+
+        Returns:
+            Tensor: ``[N, H, W]`` non-negative maps that keep their graph to
+            the weights.
+        """
         inputs = check_tensor(inputs, "inputs", dims=(4,), floating=True)
-        targets = parse_target(target, inputs.shape[0]).take(torch.arange(inputs.shape[0]))
+        targets = parse_target(target, inputs.shape[0])
         with torch.enable_grad():
             return self.maps(model, inputs, targets, generator)
 
