@@ -191,9 +191,10 @@ class _Evaluation:
                 extra["blocks"] = {
                     name: self.compare(fooling, {"passive": before["blocks"][name]}, {"passive": after["blocks"][name]},
                                        region) for name in after["blocks"]}
-        return {**extra, "n_maps": int(statistic.numel()),
+        valid = ~torch.isnan(statistic)  # active: maps whose two class maps were distinct enough to swap
+        return {**extra, "n_maps": int(statistic.numel()), "n_counted": int(valid.sum()),
                 "success_rate": fooling_success(fooling, statistic).float().mean().item(),
-                "statistic": statistic.mean().item(), "spearman": rho.mean().item(),
+                "statistic": statistic[valid].mean().item() if bool(valid.any()) else None, "spearman": rho.mean().item(),
                 "ebpg_before": ebpg[0], "ebpg_after": ebpg[1], "ebpg_drop": ebpg[0] - ebpg[1]}
 
 

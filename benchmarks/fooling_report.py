@@ -58,7 +58,8 @@ def to_markdown(result: Dict) -> str:
                 for k in kinds:
                     r = next(r for r in rows if r["method"] == method and r["fooling"] == k)
                     ebpg = f"{r['ebpg_before']:.2f} → {r['ebpg_after']:.2f}"
-                    cells.append(f"{r['success_rate']:.2f} / {r['spearman']:.2f} / {ebpg}")
+                    swappable = f" ({r['n_counted']}/{r['n_maps']} swappable)" if k == "active" and "n_counted" in r else ""
+                    cells.append(f"{r['success_rate']:.2f}{swappable} / {r['spearman']:.2f} / {ebpg}")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines += _block_table(rows)
         lines.append("")

@@ -126,12 +126,21 @@ def test_fooling_success_thresholds():
     assert fooling_success("center_mass", torch.tensor([0.3, 0.2])).tolist() == [True, False]
     assert fooling_success("active", torch.tensor([0.1, -0.1])).tolist() == [True, False]
     assert set(SUCCESS) == {"location", "top_k", "center_mass", "active"}
+    assert not fooling_success("active", torch.tensor([float("nan")])).item()
     h1, h2 = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)
     h1[0, 0] = torch.tensor([4.0, 3.0, 2.0, 1.0])
     h2[0, 3] = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    # the new c1 map IS the old c2 map: margin = 1 - rho(h2, h1) > 0
-    margin = fooling_statistic("active", h2, h1, other_reference=h2)
-    assert margin.item() == pytest.approx(1 - rank_correlation(h2, h1).item())
+    # the new c1 map IS the old c2 map: a perfect swap scores 1, an unchanged map -1
+    assert fooling_statistic("active", h2, h1, other_reference=h2).item() == pytest.approx(1.0)
+    assert fooling_statistic("active", h1, h1, other_reference=h2).item() == pytest.approx(-1.0)
+    # halfway: rho(h', h2) - rho(h', h1) over 1 - rho(h1, h2), by hand
+    mixed = h1 + h2
+    rho = rank_correlation
+    expected = (rho(mixed, h2) - rho(mixed, h1)) / (1 - rho(h1, h2))
+    assert fooling_statistic("active", mixed, h1, other_reference=h2).item() == pytest.approx(expected.item())
+    # two original maps that rank pixels alike (rho > 0.8) cannot show a swap: NaN, not fooled
+    alike = fooling_statistic("active", h2, h1, other_reference=h1 + 0.01 * h2)
+    assert torch.isnan(alike).all() and not fooling_success("active", alike).any()
 
 
 def test_penalties_by_hand():

@@ -21,7 +21,11 @@ thresholds used by :func:`fooling_success` (``SUCCESS``):
   maps' centres of mass, in image sides) above 0.25;
 - ``active``: the map for class ``c1`` ranks pixels more like the original
   map for ``c2`` than like its own original map (Spearman, see
-  :func:`rank_correlation`): ``rho(h1', h2) - rho(h1', h1) > 0``.
+  :func:`rank_correlation`). The statistic is the swap margin
+  ``(rho(h1', h2) - rho(h1', h1)) / (1 - rho(h1, h2))``: 1 for a perfect
+  swap, -1 for an unchanged map, success above 0. Where the two original
+  maps already rank pixels alike (``rho(h1, h2) > 0.8``) a swap cannot be
+  told from noise: the statistic is NaN and the image counts as not fooled.
 """
 from typing import Dict, Tuple, Union
 
@@ -57,6 +61,8 @@ SUCCESS: Dict[str, Tuple[str, float, str]] = {
     "center_mass": ("center_of_mass_shift", 0.25, "above"),
     "active": ("swap_margin", 0.0, "above"),
 }
+#: original class maps that correlate above this are too alike to show a swap
+SWAPPABLE_BELOW = 0.8
 
 
 def normalised_maps(maps: MapLike) -> Tensor:
@@ -207,11 +213,17 @@ def fooling_statistic(fooling: str, maps: MapLike, reference: MapLike, *, region
         return center_of_mass_shift(maps, reference)
     if other_reference is None:
         raise InvalidArgumentError("other_reference (the original maps of the second class) is required for active fooling")
-    return rank_correlation(maps, other_reference) - rank_correlation(maps, reference)
+    distinct = 1 - rank_correlation(reference, other_reference)
+    margin = rank_correlation(maps, other_reference) - rank_correlation(maps, reference)
+    swappable = distinct >= 1 - SWAPPABLE_BELOW
+    return torch.where(swappable, margin / distinct.clamp(min=1e-12), torch.full_like(margin, float("nan")))
 
 
 def fooling_success(fooling: str, statistic: Tensor) -> Tensor:
-    """``[N]`` bool: which images pass the threshold of ``SUCCESS[fooling]``; its mean is the success rate."""
+    """``[N]`` bool: which images pass the threshold of ``SUCCESS[fooling]``; its mean is the success rate.
+
+    A NaN statistic (an active-fooling image whose class maps were too alike to swap) is not a success.
+    """
     check_choice(fooling, "fooling", tuple(SUCCESS))
     _, threshold, direction = SUCCESS[fooling]
     return statistic < threshold if direction == "below" else statistic > threshold
