@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from captum_global.attr import SISE
-from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError, NonFiniteOutputError
 from captum_global.robustness import (
     SUCCESS,
     GradCAMExplanation,
@@ -310,6 +310,37 @@ def test_data_checks(trained):
         manipulate_model(trained, [], steps=1)
     with pytest.raises(InvalidArgumentError, match=r"data must yield \(inputs, labels\)"):
         manipulate_model(trained, [torch.rand(2, 3, SIZE, SIZE)], steps=1)
+
+
+def test_non_finite_data_is_refused_up_front(trained):
+    x, y = planted_data(8, seed=9)
+    x[3, 0, 2, 2] = float("nan")
+    with pytest.raises(InvalidArgumentError, match="data inputs must be finite"):
+        manipulate_model(trained, [(x, y)], steps=1)
+
+
+class _DivergesWhenMoved(nn.Module):
+    """A linear classifier whose output turns NaN once a weight leaves [-0.5, 0.5]."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(3 * SIZE * SIZE, 2)
+        nn.init.uniform_(self.linear.weight, -0.01, 0.01)
+
+    def forward(self, x):
+        out = self.linear(x.flatten(1))
+        return out if float(self.linear.weight.detach().abs().max()) < 0.5 else out * float("nan")
+
+
+def test_a_diverging_fine_tuning_raises_naming_the_step():
+    model = _DivergesWhenMoved()
+    weights = model.linear.weight.detach().clone()
+    data = batches(*planted_data(16, seed=10), size=8)
+    # step 1 sees the original weights; Adam's first step moves every weight by about lr = 1
+    with pytest.raises(NonFiniteOutputError, match="step 2"):
+        manipulate_model(model, data, "gradient", "location", steps=3, lr=1.0)
+    assert torch.equal(model.linear.weight, weights)
 
 
 def test_explanation_of_the_wrong_type_is_refused(trained):

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_global._checks import check_bool, check_choice, check_int, check_module, check_number
+from captum_global._checks import (check_bool, check_choice, check_finite_output, check_int, check_module,
+                                  check_number, check_tensor)
 from captum_global._model_state import preserved_model_state
 from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
@@ -264,6 +265,8 @@ def manipulate_model(
             classification = F.cross_entropy(fooled(x), y.to(x.device))
             fooling_loss = penalty(fooled, xf, yf)
             loss = classification + fooling_weight * fooling_loss
+            # a diverged step (lr too high, a model that overflows) is an error, never a silent bad copy
+            check_finite_output(loss.detach().reshape(1, 1), f"manipulate_model ({fooling} fooling)", f"step {step}")
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -348,8 +351,9 @@ def _first_batch(data: Iterable, argument: str) -> Tuple[Tensor, Tensor]:
         raise InvalidArgumentError(f"{argument} yielded no batch") from None
     if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not all(isinstance(b, Tensor) for b in batch):
         raise InvalidArgumentError(f"{argument} must yield (inputs, labels) pairs of tensors")
-    x, y = batch
-    if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+    x = check_tensor(batch[0], f"{argument} inputs", dims=(4,), floating=True)
+    y = check_tensor(batch[1], f"{argument} labels", dims=(1,))
+    if x.shape[0] != y.shape[0]:
         raise InvalidArgumentError(f"{argument} must yield inputs [N, C, H, W] and labels [N], got "
                                    f"{tuple(x.shape)} and {tuple(y.shape)}")
     return x, y
@@ -386,7 +390,8 @@ def _check_region(region: Optional[Tensor], x: Tensor, fooling: str) -> Optional
     height, width = x.shape[-2:]
     if region is None:
         return border_region(height, width).to(x.device)
-    if not isinstance(region, Tensor) or region.dtype != torch.bool or tuple(region.shape) != (height, width):
+    region = check_tensor(region, "region", dims=(2,))
+    if region.dtype != torch.bool or tuple(region.shape) != (height, width):
         raise InvalidArgumentError(f"region must be a bool tensor of shape {(height, width)}")
     if not bool(region.any()) or bool(region.all()):
         raise InvalidArgumentError("region must hold some pixels but not all of them")
