@@ -228,6 +228,7 @@ def _manipulate(arch, model, explanation, fooling, data, args):
         if record["kept_step"] > 0:
             break
     record["weights_tried"] = weights[:weights.index(weight) + 1]
+    record["explanation"] = explanation  # the benchmark's name ("none" for the control, which trains with Grad-CAM)
     return fooled, record, stem
 
 
@@ -281,7 +282,7 @@ def run(args) -> Dict:
     result = json.loads(out_json.read_text()) if out_json.is_file() and args.resume else {}
     result.update(command="python -m benchmarks.fooling " + " ".join(shlex.quote(a) for a in args.argv),
                   machine=dict(torch=torch.__version__, threads=torch.get_num_threads(), python=platform.python_version()),
-                  success=SUCCESS, settings={k: v for k, v in vars(args).items() if k != "argv"})
+                  success=dict(SUCCESS), settings={k: v for k, v in vars(args).items() if k != "argv"})
     result.setdefault("archs", {})
     start = time.perf_counter()
     cfg = WorldConfig()

@@ -38,7 +38,7 @@ def to_markdown(result: Dict) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for m in entry["manipulations"]:
             lines.append(
-                f"| {m['explanation'] if m['settings']['fooling_weight'] else 'none (control)'} | {_KIND[m['fooling']]} | {m['settings']['fooling_weight']:g} | "
+                f"| {'none (control)' if m['explanation'] == 'none' else m['explanation']} | {_KIND[m['fooling']]} | {m['settings']['fooling_weight']:g} | "
                 f"{m['accuracy_before']:.3f} → {m['accuracy_after']:.3f} | "
                 f"{entry['accuracy_test']:.3f} → {m['accuracy_test_after']:.3f} | {m['kept_step']} / {m['steps']} | "
                 f"{m['fooling_loss_before']:.3f} → {m['fooling_loss_after']:.3f} | {m['seconds_per_step']:.2f} | "

@@ -21,7 +21,8 @@ Every explanation maps ``(model, inputs, target)`` to non-negative
 explanation is evaluated on the original model and on its manipulated copy.
 """
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -272,11 +273,12 @@ def _sample_kept(act: Tensor, alpha: Tensor, k: int, generator: Optional[torch.G
     return chosen.nonzero(as_tuple=True)
 
 
-EXPLANATIONS: Dict[str, Callable[[], DifferentiableExplanation]] = {
+#: ``name -> class`` of the explanations ``manipulate_model`` takes by name (read-only).
+EXPLANATIONS: Mapping[str, Callable[[], DifferentiableExplanation]] = MappingProxyType({
     "grad_cam": GradCAMExplanation,
     "gradient": GradientExplanation,
     "soft_sise": SoftSISESurrogate,
-}
+})
 
 
 def differentiable_explanation(explanation: Any, argument: str = "explanation") -> DifferentiableExplanation:

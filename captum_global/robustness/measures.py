@@ -27,7 +27,8 @@ thresholds used by :func:`fooling_success` (``SUCCESS``):
   maps already rank pixels alike (``rho(h1, h2) > 0.8``) a swap cannot be
   told from noise: the statistic is NaN and the image counts as not fooled.
 """
-from typing import Dict, Tuple, Union
+from types import MappingProxyType
+from typing import Mapping, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -55,12 +56,12 @@ MapLike = Union[Tensor, Tuple[Tensor, ...]]
 
 #: ``fooling kind -> (statistic name, threshold, direction)``; success is
 #: ``statistic < threshold`` for ``"below"`` and ``> threshold`` for ``"above"``.
-SUCCESS: Dict[str, Tuple[str, float, str]] = {
+SUCCESS: Mapping[str, Tuple[str, float, str]] = MappingProxyType({  # read-only: one set of thresholds for all
     "location": ("location_loss", 0.2, "below"),
     "top_k": ("top_k_overlap", 0.3, "below"),
     "center_mass": ("center_of_mass_shift", 0.25, "above"),
     "active": ("swap_margin", 0.0, "above"),
-}
+})
 #: original class maps that correlate above this are too alike to show a swap
 SWAPPABLE_BELOW = 0.8
 
