@@ -26,11 +26,6 @@ N, CLASSES = 3, 4
 IAS_FAST = {"n_steps": 2, "samples_per_step": 2, "seed": 0}
 
 # Problems these tests found in files other engineers own; each mark names it.
-XFAIL_SISE_TARGETS = pytest.mark.xfail(
-    strict=True,
-    reason="attr/sise.py parses targets itself: bad targets raise plain ValueError (not the AssertionError "
-    "Captum's callers catch), and (2,), -1 are refused while [1] for 3 examples is broadcast (issue 8/12)",
-)
 XFAIL_IAS_TARGETS = pytest.mark.xfail(
     strict=True,
     reason="attr/input_agnostic.py parses targets itself: bad targets raise plain ValueError, and tuples, "
@@ -45,11 +40,6 @@ XFAIL_CONVERGENCE_DELTA = pytest.mark.xfail(
     strict=True,
     reason="InputAgnosticSaliency.compute_convergence_delta returns numbers although has_convergence_delta() "
     "is False (issue 12, engineer B)",
-)
-XFAIL_TORCHSCRIPT = pytest.mark.xfail(
-    strict=True,
-    reason="SISE on a TorchScript model fails with misleading errors ('model has no spatial layer', "
-    "'did not run', a RuntimeError from torch) instead of saying TorchScript is unsupported (issue 12, engineer E)",
 )
 
 
@@ -119,7 +109,7 @@ def attribute(name, model, inputs, target, noise_tunnel=False, **kwargs):
 
 
 METHODS = ["SISE", "InputAgnosticSaliency"]
-TARGET_MARKS = {"SISE": XFAIL_SISE_TARGETS, "InputAgnosticSaliency": XFAIL_IAS_TARGETS}
+TARGET_MARKS = {"SISE": (), "InputAgnosticSaliency": XFAIL_IAS_TARGETS}
 
 
 # ---------------------------------------------------------------- hooks and model state
@@ -207,7 +197,7 @@ TARGET_FORMATS = {
 def _passes_today(name, fmt):
     """Formats each method already accepts as Captum does (the rest are marked)."""
     if name == "SISE":
-        return fmt not in ("negative_int", "tuple")
+        return True
     return fmt in ("int", "one_element_tensor", "tensor")
 
 
@@ -312,7 +302,6 @@ def test_input_agnostic_saliency_on_torchscript_equals_eager(compile_mode, model
     torch.testing.assert_close(Saliency(scripted).attribute(inputs, target=1), Saliency(model).attribute(inputs, target=1))
 
 
-@XFAIL_TORCHSCRIPT
 @pytest.mark.parametrize("compile_mode", ["trace", "script"])
 def test_sise_says_torchscript_is_unsupported(compile_mode, model, inputs):
     """SISE reads layer activations through forward hooks, which TorchScript modules do not run."""

@@ -28,7 +28,6 @@ KNOWN_BROKEN = {
     "use/backdoor": "links ../benchmarks/results/backdoor_scan.md, not a file of the site (and not ../../)",
 }
 KNOWN_MACHINE_PATHS = {
-    "use/sise": "cites the method-notes path and .venv/bin commands",
     "use/classwise": "cites the method-notes path and .venv/bin commands",
     "use/input_agnostic": "cites the method-notes path and .venv/bin commands",
 }

@@ -172,7 +172,7 @@ def test_grad_cam_and_gradient_equal_captums(trained):
 def test_soft_sise_surrogate_with_every_mask_is_sises_soft_variant(trained):
     x, y = planted_data(3, seed=3)
     layers = ["2", "5"]
-    sise = SISE(trained, layers=layers).attribute(x, target=y, fusion="soft-otsu")[:, 0]
+    sise = SISE(trained, layers=layers).attribute(x, target=y, fusion="soft-otsu", similarity_threshold=None)[:, 0]
     surrogate = SoftSISESurrogate(layers, masks_per_layer=8)(trained, x, y)  # 8 >= channels: every kept map
     assert torch.allclose(surrogate, sise, atol=1e-5)
     assert surrogate.requires_grad
