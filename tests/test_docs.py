@@ -27,7 +27,6 @@ KNOWN_BROKEN = {
     "measurements/explain": "links ../../benchmarks/results/explain_throughput.md, a file outside the site",
 }
 KNOWN_MACHINE_PATHS = {
-    "use/sise": "cites the method-notes path and .venv/bin commands",
     "use/classwise": "cites the method-notes path and .venv/bin commands",
 }
 
