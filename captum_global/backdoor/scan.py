@@ -117,20 +117,22 @@ def scan_for_backdoor(
                     batch order, noise); ``None`` draws one.
         show_progress (bool): progress bar over the schedule rounds.
         **options: ``cells`` (16: the mask grid per side; 1 cell = the
-                    image side / ``cells`` pixels), ``n_steps`` (240
-                    optimisation steps), ``batch_size`` (8 inputs per class
-                    and step), ``check_every`` (3: steps per round of the
+                    image side / ``cells`` pixels), ``n_steps`` (120
+                    optimisation steps), ``batch_size`` (20 inputs per class
+                    and step), ``check_every`` (5: steps per round of the
                     cost schedule, whose success rate decides it), ``lr``
                     (0.1), ``init_cost`` (1e-3), ``cost_multiplier`` (1.5),
-                    ``patience`` (2), ``early_stop_patience`` (8),
-                    ``attack_success`` (0.95: the share of an epoch's inputs a
+                    ``patience`` (3), ``early_stop_patience`` (8),
+                    ``attack_success`` (0.95: the share of a round's inputs a
                     stamp must flip), ``noise_floor`` (0.1: floor of the
                     anomaly scale ``1.4826 * MAD``, in log units: the
-                    statistic's run-to-run noise), ``held_out`` (0.25),
-                    ``num_noise_samples`` (128, without clean inputs),
-                    ``value_range`` ((0, 1)), ``class_maps`` (False: with
-                    True, ``maps`` holds :class:`InputAgnosticSaliency` class
-                    maps instead of the suspected triggers' pictures).
+                    statistic's seed-to-seed noise), ``held_out`` (0.0: all
+                    clean inputs serve both the search and the reported
+                    attack success), ``num_noise_samples`` (128, without
+                    clean inputs), ``value_range`` ((0, 1)), ``class_maps``
+                    (False: with True, ``maps`` holds
+                    :class:`InputAgnosticSaliency` class maps instead of the
+                    suspected triggers' pictures).
 
     Returns:
         :class:`BackdoorScan` with ``statistics["mask_l1"]`` (pixels).
