@@ -55,35 +55,6 @@ def representative(cases):
 
 # Still open on this branch, in parts of the package other engineers are reworking (attr/, backdoor*, cli).
 KNOWN_OPEN = {
-    'InputAgnosticSaliency/target/int': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/target/bool': 'plain_error: ValueError: target must be an int class index or a list of them, got True',
-    'InputAgnosticSaliency/inputs/empty-batch': 'plain_error: ValueError: inputs must hold at least one example (dimension 0 is the batch)',
-    'InputAgnosticSaliency/inputs/inference-mode': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/forward_func/returns-tuple': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_s',
-    'InputAgnosticSaliency/forward_func/train-mode-batch-norm': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/eps/nan': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/step_size/inf': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/radius/nan': 'plain_error: ValueError: radius must be a finite number > 0, got nan',
-    'InputAgnosticSaliency/radius/numpy-float': 'refused_valid: ValueError: radius must be a finite number > 0, got np.float32(8.0)',
-    'InputAgnosticSaliency/n_steps/zero': 'plain_error: ValueError: n_steps must be an int >= 1, got 0',
-    'InputAgnosticSaliency/n_steps/numpy-int': 'refused_valid: ValueError: n_steps must be an int >= 1, got np.int64(2)',
-    'InputAgnosticSaliency/samples_per_step/zero': 'plain_error: ValueError: samples_per_step must be an int >= 1, got 0',
-    'InputAgnosticSaliency/samples_per_step/numpy-int': 'refused_valid: ValueError: samples_per_step must be an int >= 1, got np.int32(2)',
-    'InputAgnosticSaliency/norm/unknown': "plain_error: ValueError: norm must be one of ('linf', 'l2'), got 'l1'",
-    'InputAgnosticSaliency/norm/linf': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/betas/above-one': 'plain_error: ValueError: betas must be two numbers in [0, 1), got (1.5, 0.9)',
-    'InputAgnosticSaliency/value_range/inverted': 'plain_error: ValueError: value_range must be (low, high) with low < high, or None; got (1.',
-    'InputAgnosticSaliency/value_range/none': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/refine/unknown': "plain_error: ValueError: refine must be 'smooth', 'blur', 'none' or a callable, got 'sharp",
-    'InputAgnosticSaliency/smooth_sigma/negative': 'plain_error: ValueError: smooth_sigma must be >= 0, got -1.0',
-    'InputAgnosticSaliency/suppress/one': 'plain_error: ValueError: suppress must be in [0, 1), got 1.0',
-    'InputAgnosticSaliency/scale/unknown': "plain_error: ValueError: scale must be one of ('minmax', 'max', 'none'), got 'log'",
-    'InputAgnosticSaliency/seed/negative': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/seed/none': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/distribution/unknown': "plain_error: ValueError: distribution must be 'uniform', 'gaussian', a callable (n, shape,",
-    'InputAgnosticSaliency/distribution/gaussian': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/show_progress/string': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/return_perturbation/string': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
     'ClassWiseSynthesis/data/one-nan-pixel': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
     'ClassWiseSynthesis/classes/duplicates': 'state_changed: the global random state changed (call ended: plain_error: ValueError: class',
     'ClassWiseSynthesis/images_per_class/zero': 'plain_error: ValueError: images_per_class must be a positive integer, got 0',
@@ -104,12 +75,6 @@ KNOWN_OPEN = {
     'ClassWiseSynthesis/model/float16': 'state_changed: the global random state changed (call ended: cryptic_error: RuntimeError: I',
     'ClassWiseSynthesis/model/train-mode-batch-norm': 'state_changed: the global random state changed (call ended: accepted: ClassWiseResult)',
     'ClassWiseSynthesis/show_progress/string': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'scan_for_backdoor/classes/duplicates': 'silent_wrong: returned BackdoorScan for a bad input',
-    'scan_for_backdoor/threshold/nan': 'silent_wrong: returned BackdoorScan for a bad input',
-    'scan_for_backdoor/trigger_mask/wrong-size': 'silent_wrong: returned BackdoorScan for a bad input',
-    'scan_for_backdoor/example_input/empty-batch': 'cryptic_error: RuntimeError: The expanded size of the tensor (3) must match the existing s',
-    'scan_for_backdoor/seed/negative': 'silent_wrong: returned BackdoorScan for a bad input',
-    'scan_for_backdoor/model/returns-tuple': "cryptic_error: AttributeError: 'tuple' object has no attribute 'shape'",
     'metrics.trigger_energy_share/trigger_mask/wrong-size': 'vague_error: InvalidArgumentError: masks region of example 0 is empty: a metric against an',
     'metrics.trigger_energy_share/trigger_mask/empty': 'vague_error: InvalidArgumentError: masks region of example 0 is empty: a metric against an',
     'metrics.mad_anomaly_index/values/one-value': 'plain_error: ValueError: values must hold at least 2 entries along the last dimension, got',
@@ -327,8 +292,7 @@ def _input_agnostic(target):
 
 @pytest.mark.parametrize("method", [
     pytest.param(_sise, id="SISE"),
-    pytest.param(_input_agnostic, id="InputAgnosticSaliency",
-                 marks=pytest.mark.xfail(strict=True, reason="open in issue 8 (attr/input_agnostic.py)")),
+    pytest.param(_input_agnostic, id="InputAgnosticSaliency"),
 ])
 def test_targets_follow_captum_rules_in_the_methods(method):
     @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

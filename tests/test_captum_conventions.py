@@ -26,20 +26,10 @@ N, CLASSES = 3, 4
 IAS_FAST = {"n_steps": 2, "samples_per_step": 2, "seed": 0}
 
 # Problems these tests found in files other engineers own; each mark names it.
-XFAIL_IAS_TARGETS = pytest.mark.xfail(
-    strict=True,
-    reason="attr/input_agnostic.py parses targets itself: bad targets raise plain ValueError, and tuples, "
-    "negative ints, NumPy ints/arrays are refused (issue 8/12)",
-)
 XFAIL_CLASSWISE_ERRORS = pytest.mark.xfail(
     strict=True,
     reason="attr/classwise.py raises plain ValueError for a class outside the model's outputs, not the "
     "InvalidArgumentError (ValueError + AssertionError) of the contract (issue 8)",
-)
-XFAIL_CONVERGENCE_DELTA = pytest.mark.xfail(
-    strict=True,
-    reason="InputAgnosticSaliency.compute_convergence_delta returns numbers although has_convergence_delta() "
-    "is False (issue 12, engineer B)",
 )
 
 
@@ -109,7 +99,6 @@ def attribute(name, model, inputs, target, noise_tunnel=False, **kwargs):
 
 
 METHODS = ["SISE", "InputAgnosticSaliency"]
-TARGET_MARKS = {"SISE": (), "InputAgnosticSaliency": XFAIL_IAS_TARGETS}
 
 
 # ---------------------------------------------------------------- hooks and model state
@@ -136,7 +125,7 @@ BAD_TARGETS = {
 
 @pytest.mark.parametrize("bad", list(BAD_TARGETS.values()), ids=list(BAD_TARGETS))
 @pytest.mark.parametrize("noise_tunnel", [False, True], ids=["plain", "noise_tunnel"])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=TARGET_MARKS[n]) for n in METHODS])
+@pytest.mark.parametrize("name", METHODS)
 def test_bad_target_raises_assertion_error_and_leaves_no_hook(name, noise_tunnel, bad, model, inputs):
     before = snapshot(model)
     with pytest.raises(AssertionError):
@@ -153,7 +142,7 @@ def test_failing_layer_leaves_no_hook(name, model, inputs):
     assert_unchanged(model, before)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=TARGET_MARKS[n]) for n in METHODS])
+@pytest.mark.parametrize("name", METHODS)
 def test_missing_target_for_a_multi_class_model_is_an_assertion_error(name, model, inputs):
     with pytest.raises(AssertionError, match="target"):
         attribute(name, model, inputs, None)
@@ -194,21 +183,7 @@ TARGET_FORMATS = {
 }
 
 
-def _passes_today(name, fmt):
-    """Formats each method already accepts as Captum does (the rest are marked)."""
-    if name == "SISE":
-        return True
-    return fmt in ("int", "one_element_tensor", "tensor")
-
-
-@pytest.mark.parametrize(
-    "name,fmt",
-    [
-        pytest.param(n, f, marks=() if _passes_today(n, f) else TARGET_MARKS[n])
-        for n in METHODS
-        for f in TARGET_FORMATS
-    ],
-)
+@pytest.mark.parametrize("name,fmt", [(n, f) for n in METHODS for f in TARGET_FORMATS])
 def test_every_captum_target_format_equals_the_per_example_list(name, fmt, model, inputs):
     target, per_example = TARGET_FORMATS[fmt]
     expected = attribute(name, model, inputs, per_example)
@@ -261,7 +236,6 @@ def test_captum_api_surface(name, model, inputs):
     assert not inputs.requires_grad
 
 
-@XFAIL_CONVERGENCE_DELTA
 def test_no_convergence_delta_where_has_convergence_delta_is_false(model, inputs):
     method = InputAgnosticSaliency(model)
     maps = method.attribute(inputs, target=[1, 2, 0], **IAS_FAST)
