@@ -140,6 +140,10 @@ def markdown(rows: List[Dict], summary: Dict, command: str, clean_size: int) -> 
     lines = ["# Backdoor scans on the reference zoo: input-agnostic scan vs Neural Cleanse", "",
              f"Command: `{command}`; torch {torch.__version__}, one thread; {clean_size} clean images "
              f"(reference-world split seed {CLEAN_SEED}) for both scans; default settings of both; seed 0.", ""]
+    if "--nc-from" in command:
+        lines += ["Neural Cleanse's rows are reused from an earlier run (`--nc-from`): its wall times come from "
+                  "that run, so the wall-time ratios compare different runs; the ratio of model evaluations "
+                  "does not depend on the run.", ""]
     if summary:
         lines += ["| | input-agnostic scan | Neural Cleanse |", "| --- | --- | --- |"]
         ours, nc = summary["ours"], summary["neural_cleanse"]
