@@ -20,7 +20,7 @@ from torch import Tensor  # noqa: E402
 
 from captum_global._maps import to_heatmap  # noqa: E402
 
-__all__ = ["explanation_gallery", "class_map_grid", "synthetic_set_grid", "save"]
+__all__ = ["explanation_gallery", "class_map_grid", "synthetic_set_grid", "classwise_sets_figure", "save"]
 
 
 def _hwc(image: Tensor) -> np.ndarray:
@@ -156,3 +156,64 @@ def save(fig, path) -> None:
     """Write ``fig`` to ``path`` and release its memory."""
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def classwise_sets_figure(
+    images_by_class: Tensor,
+    class_names: Sequence[str],
+    real_examples: Optional[Tensor] = None,
+    confidence: Optional[Tensor] = None,
+    highlight: Optional[Tensor] = None,
+    title: Optional[str] = None,
+    max_images: int = 6,
+):
+    """Class-wise synthesis as a person reads it: one row per class, the
+    synthetic set (with the model's confidence) beside real examples.
+
+    Args:
+        images_by_class: ``[num_classes, n, 3, H, W]`` synthetic sets in [0, 1]
+            (``ClassWiseResult.images``).
+        class_names: row captions, one per row.
+        real_examples: optional ``[num_classes, m, 3, H, W]`` real examples of
+            each class, drawn after a gap to the right of the synthetic set.
+        confidence: optional ``[num_classes, n]`` probability of its class on
+            each synthetic image (``ClassWiseResult.confidence``).
+        highlight: optional ``[H, W]`` bool region (e.g. a planted trigger)
+            outlined on the synthetic images.
+        title: optional figure title.
+        max_images: at most this many synthetic (and real) images per row.
+    """
+    syn = images_by_class[:, :max_images]
+    n_classes, n_syn = syn.shape[:2]
+    n_real = 0 if real_examples is None else min(real_examples.shape[1], max_images)
+    cols = n_syn + (n_real + 1 if n_real else 0)
+    fig, axes = plt.subplots(n_classes, cols, figsize=(1.25 * cols + 0.5, 1.35 * n_classes + 0.4), squeeze=False)
+    box = None
+    if highlight is not None:
+        ys, xs = torch.nonzero(highlight, as_tuple=True)
+        box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    for c in range(n_classes):
+        for k in range(cols):
+            ax = axes[c, k]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k < n_syn:
+                ax.imshow(_hwc(syn[c, k]))
+                if box is not None:
+                    _draw_box(ax, box, color="cyan")
+                if confidence is not None:
+                    ax.set_title(f"p={float(confidence[c, k]):.2f}", fontsize=6, pad=2)
+                elif c == 0:
+                    ax.set_title("synthetic", fontsize=7, pad=2)
+            elif k == n_syn:
+                ax.axis("off")
+            else:
+                ax.imshow(_hwc(real_examples[c, k - n_syn - 1]))
+                if c == 0:
+                    ax.set_title("real", fontsize=7, pad=2)
+            if k == 0:
+                ax.set_ylabel(class_names[c], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig

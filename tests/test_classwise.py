@@ -501,3 +501,32 @@ def test_reference_model_synthetic_images_are_classified_as_their_class():
     assert (r.predictions == torch.tensor(r.classes).view(-1, 1)).float().mean() >= 0.8
     assert r.confidence.median() > 0.8
     assert (r.final_distance < r.initial_distance).all()
+
+
+def test_untracked_batchnorm_statistics_are_the_populations():
+    """A checkpoint saved before training has no BatchNorm statistics: the real data's are used,
+    layer after layer (the second layer's input normalised by the first's population statistics)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2),
+                          nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
+    data = labelled(n=21)
+    x = data.tensors[0]
+    init = copy.deepcopy(model.state_dict())  # num_batches_tracked == 0
+    for kind in ("first", "second"):
+        rg = ClassWiseSynthesis(model).real_class_gradients(data, checkpoints=[init], batch_size=4 if kind == "first" else 21)
+        point = rg.points[0]
+        with torch.no_grad():
+            h1 = model[0](x)
+            m1, v1 = h1.mean((0, 2, 3)), h1.var((0, 2, 3), unbiased=True)
+            z = torch.relu((h1 - m1.view(1, -1, 1, 1)) / torch.sqrt(v1.view(1, -1, 1, 1) + 1e-5))
+            h2 = model[3](z)
+        assert torch.allclose(point["1.running_mean"], m1, atol=1e-5)
+        assert torch.allclose(point["1.running_var"], v1, rtol=1e-4)
+        assert torch.allclose(point["4.running_mean"], h2.mean((0, 2, 3)), atol=1e-5)
+        assert torch.allclose(point["4.running_var"], h2.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert torch.equal(model.state_dict()["1.running_mean"], init["1.running_mean"])  # the model is untouched
+    tracked = copy.deepcopy(init)
+    tracked["1.num_batches_tracked"] += 1
+    tracked["4.num_batches_tracked"] += 1
+    kept = ClassWiseSynthesis(model).real_class_gradients(data, checkpoints=[tracked]).points[0]
+    assert torch.equal(kept["1.running_var"], init["1.running_var"])  # tracked statistics are kept

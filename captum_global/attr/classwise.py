@@ -36,8 +36,14 @@ from captum_global._checks import check_finite_output, check_int, check_module, 
 from captum_global._model_state import preserved_model_state
 from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global.attr import _classwise_parts as parts
+from captum_global.attr._batchnorm_stats import fill_population_statistics, untracked_batchnorms
 from captum_global.attr._checkpoints import resolve_checkpoints
-from captum_global.attr._gradient_matching import matched_parameter_names, stream_class_gradients
+from captum_global.attr._gradient_matching import (
+    make_loader,
+    matched_parameter_names,
+    split_batch,
+    stream_class_gradients,
+)
 from captum_global.attr._trajectory_matching import (
     check_trajectory,
     initial_student_lrs,
@@ -134,6 +140,15 @@ class ClassWiseSynthesis(Attribution):
         with _autograd_on(), preserved_model_state(model, eval_mode=True), \
                 seeded_global_rng(seed, cuda_devices(model)):
             points, labels, given = resolve_checkpoints(model, checkpoints)
+            if any(untracked_batchnorms(model, p) for p in points):
+                device, dtype = points[0][names[0]].device, points[0][names[0]].dtype
+
+                def inputs():
+                    for seen, batch in enumerate(make_loader(data, batch_size)[0]):
+                        yield split_batch(batch, seen)[0].to(device=device, dtype=dtype)
+
+                points = [fill_population_statistics(model, p, inputs) if untracked_batchnorms(model, p) else p
+                          for p in points]
             bar = tqdm(desc="real gradients", unit="batch") if parts.show(show_progress) else None
             try:
                 return stream_class_gradients(model, data, classes, names, points, batch_size,
@@ -349,7 +364,8 @@ class ClassWiseSynthesis(Attribution):
         log_lrs = log_lrs.to(device=start.device, dtype=start.dtype)
 
         def check(logits: Tensor, where: str) -> None:
-            check_finite_output(logits.detach(), "ClassWiseSynthesis", where)
+            check_finite_output(logits.detach(), "ClassWiseSynthesis",
+                                f"{where} of the student (if it diverged, pass a smaller student_lr)")
 
         def distances(images: Tensor, log: Tensor) -> Tensor:
             eval_gen = make_generator(0)
