@@ -123,7 +123,7 @@ def test_public_types_and_shapes():
     assert r.images.min() >= 0 and r.images.max() <= 1  # value_range clamp
     assert "no trajectory was given" in r.note and "no trajectory" in r.summary()
     assert r.checkpoint_names == ("model",) and len(r.trajectory) == 1
-    assert r.trajectory_distances is None and r.student_lr is None
+    assert r.trajectory_distances is None and r.step_scale is None
     with pytest.raises(KeyError, match="not synthesised"):
         r[1]
     assert GradientMatchingSynthesis is ClassWiseSynthesis
@@ -314,7 +314,7 @@ def test_trajectory_matching_distance_falls():
     assert r.mode == "trajectory" and r.trajectory_distances.shape == (3,)
     assert r.trajectory_distances.mean() < 0.8 * r.initial_trajectory_distances.mean()
     assert r.loss_history[-10:].mean() < r.loss_history[:10].mean()
-    assert r.student_lr.shape == (len(weights_of(model)),) and (r.student_lr > 0).all()
+    assert r.step_scale.shape == (len(weights_of(model)),) and (r.step_scale > 0).all()
     assert r.distances.shape == (4, 3)
 
 
@@ -322,20 +322,25 @@ def test_trajectory_distance_equals_hand_computation():
     data = labelled()
     model, trajectory = trained(data, steps=20, every=10)
     r = ClassWiseSynthesis(model).attribute(data, mode="trajectory", checkpoints=trajectory, iterations=0,
-                                            student_steps=1, student_lr=0.5, learn_student_lr=False)
+                                            student_steps=1, step_scale=0.5, learn_step_scale=False)
     names = [n for n, p in model.named_parameters() if p.dim() >= 2]
-    labels = torch.tensor(r.classes).repeat_interleave(1)
+    labels = torch.tensor(r.classes)
+    assert not torch.equal(r.trajectory[0]["1.running_var"], trajectory[0]["1.running_var"])  # filled in
     for t in range(2):
         m = tiny()
-        m.load_state_dict(trajectory[t])
+        m.load_state_dict(r.trajectory[t])  # the points used: the first with population BatchNorm statistics
         m.eval()
         loss = F.cross_entropy(m(r.initial_images.flatten(0, 1)), labels)
         params = dict(m.named_parameters())
         grads = torch.autograd.grad(loss, [params[n] for n in names])
-        reached = sum(((params[n] - 0.5 * g - trajectory[t + 1][n]) ** 2).sum() for n, g in zip(names, grads))
+        reached = 0.0
+        for n, g in zip(names, grads):  # one normalised step of half the real displacement's length
+            length = (trajectory[t + 1][n] - trajectory[t][n]).norm()
+            reached = reached + ((params[n] - 0.5 * length * g / g.norm() - trajectory[t + 1][n]) ** 2).sum()
         real = sum(((trajectory[t][n] - trajectory[t + 1][n]) ** 2).sum() for n in names)
         assert torch.isclose(r.initial_trajectory_distances[t], reached / real, rtol=1e-4)
-    assert torch.allclose(r.student_lr, torch.full_like(r.student_lr, 0.5))
+        assert torch.isclose(r.trajectory_distances[t], r.initial_trajectory_distances[t])  # no iteration
+    assert torch.allclose(r.step_scale, torch.full_like(r.step_scale, 0.5))
 
 
 class NotATensor:
@@ -455,7 +460,7 @@ def test_clear_errors():
                          ({"optimizer": "lbfgs"}, "optimizer"), ({"lr": -1.0}, "lr"),
                          ({"lr": float("inf")}, "lr"), ({"student_steps": 0}, "student_steps"),
                          ({"checkpoints_per_iteration": 0}, "checkpoints_per_iteration"),
-                         ({"student_lr": float("nan")}, "student_lr"), ({"iterations": np.int64(-1)}, "iterations")):
+                         ({"step_scale": float("nan")}, "step_scale"), ({"iterations": np.int64(-1)}, "iterations")):
         with pytest.raises(InvalidArgumentError, match=word):
             method.attribute(data, classes=[0], **kwargs)
     with pytest.raises(InvalidArgumentTypeError, match="iterations"):

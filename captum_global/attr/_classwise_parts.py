@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from captum_global._checks import check_choice, check_int, check_number, check_value_range
 from captum_global.attr._gradient_matching import DISTANCES, class_gradient, gradient_distance
+from captum_global.attr._image_parametrization import PARAMETRIZATIONS, Parametrization
 from captum_global.attr.classwise_types import ClassGradients
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
@@ -53,9 +54,10 @@ def check_model(model: nn.Module) -> None:
 
 
 def check_options(optimizer, lr, init, distance, images_per_class, iterations, priors,
-                  value_range, augment, momentum, mode) -> Tuple[Dict[str, float], Optional[Tuple[float, float]]]:
+                  value_range, augment, momentum, mode, parametrization) -> Tuple[Dict[str, float], Optional[Tuple[float, float]]]:
     """Validate the options of ``attribute``; returns ``(priors, value_range)``."""
     check_choice(optimizer, "optimizer", ("adam", "sgd"))
+    check_choice(parametrization, "parametrization", PARAMETRIZATIONS)
     if lr is not None:
         check_number(lr, "lr", 0.0, min_inclusive=False)
     check_number(momentum, "momentum", 0.0, 1.0, max_inclusive=False)
@@ -160,7 +162,7 @@ def select(rg: ClassGradients, classes, parameters, checkpoints, keep: int) -> C
     )
 
 
-def initial_images(rg: ClassGradients, n: int, init: str, value_range, seed: int) -> Tensor:
+def initial_images(rg: ClassGradients, n: int, init: str, param: Parametrization, seed: int) -> Tensor:
     if init == "real":
         short = {c: len(rg.real_examples.get(c, ())) for c in rg.classes if len(rg.real_examples.get(c, ())) < n}
         if short:
@@ -170,10 +172,11 @@ def initial_images(rg: ClassGradients, n: int, init: str, value_range, seed: int
             )
         return torch.stack([rg.real_examples[c][:n] for c in rg.classes]).to(rg.dtype)
     gen = torch.Generator().manual_seed(seed)
-    shape = (len(rg.classes), n) + tuple(rg.input_shape)
-    noise = 2 * torch.rand(shape, generator=gen, dtype=rg.dtype) - 1
+    shape = (len(rg.classes) * n,) + tuple(rg.input_shape)
+    noise = param.noise(shape, gen, rg.dtype).view((len(rg.classes), n) + tuple(rg.input_shape))
     # Faint noise around mid-grey: full-range noise sits far from any natural
     # image and the matching stalls there (measured, see the docs).
+    value_range = param.value_range
     if value_range is None:
         return _NOISE * noise
     low, high = value_range
@@ -209,7 +212,7 @@ def class_distance(model: nn.Module, x: Tensor, ci: int, rg: ClassGradients, dis
 
 
 def run_gradient_matching(model: nn.Module, rg: ClassGradients, start: Tensor, *, distance: str,
-                          iterations: int, optimizer: str, lr, momentum: float, priors, value_range,
+                          iterations: int, optimizer: str, lr, momentum: float, priors, param: Parametrization,
                           augment: Callable[[Tensor], Tensor], per_iteration: Optional[int],
                           generator: torch.Generator, progress: bool) -> Tuple[Tensor, List[float]]:
     """Optimise each class's set on the summed matching distance.
@@ -218,34 +221,35 @@ def run_gradient_matching(model: nn.Module, rg: ClassGradients, start: Tensor, *
     and the best iterate is returned (the landscape is rough: softmax tails
     swing the gradient direction); with ``per_iteration`` checkpoints drawn
     at random per iteration, iterates are not comparable and the last is."""
-    syn = [x.clone().requires_grad_(True) for x in start]
+    leaves = [param.encode(x).requires_grad_(True) for x in start]
     sampled = per_iteration is not None and per_iteration < len(rg.points)
     best = [x.detach().clone() for x in start]
-    best_value = [float("inf")] * len(syn)
-    step = optimiser(optimizer, syn, lr, momentum, iterations)
+    best_value = [float("inf")] * len(leaves)
+    step = optimiser(optimizer, leaves, lr, momentum, iterations)
     history = []
+    value_range = param.value_range
     for _ in tqdm(range(iterations), desc="gradient matching", disable=not progress):
         ks = None
         if sampled:
             ks = sorted(torch.randperm(len(rg.points), generator=generator)[:per_iteration].tolist())
         total = 0.0
-        for ci, x in enumerate(syn):
+        for ci, z in enumerate(leaves):
+            x = param.decode(z)
             d = class_distance(model, augment(x), ci, rg, distance, True, ks)
             objective = d + prior(x, priors, value_range)
-            x.grad = torch.autograd.grad(objective, x)[0]
+            z.grad = torch.autograd.grad(objective, z)[0]
             total += float(d.detach())
             if not sampled and float(objective.detach()) < best_value[ci]:
                 best_value[ci], best[ci] = float(objective.detach()), x.detach().clone()
         history.append(total)
         step()
-        if value_range is not None:
-            with torch.no_grad():
-                for x in syn:
-                    x.clamp_(*value_range)
+        for z in leaves:
+            param.project(z)
+    last = [param.decode(z).detach() for z in leaves]
     if sampled or not iterations:
-        return torch.stack([x.detach() for x in syn]), history
-    for ci, x in enumerate(syn):  # the last step's result is a candidate too
-        last = class_distance(model, augment(x), ci, rg, distance, False).detach() + prior(x, priors, value_range)
-        if float(last) < best_value[ci]:
-            best[ci] = x.detach().clone()
+        return torch.stack(last), history
+    for ci, x in enumerate(last):  # the last step's result is a candidate too
+        value = class_distance(model, augment(x), ci, rg, distance, False).detach() + prior(x, priors, value_range)
+        if float(value) < best_value[ci]:
+            best[ci] = x
     return torch.stack(best), history

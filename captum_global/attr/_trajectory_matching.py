@@ -9,15 +9,24 @@ by how far real training moved between the two:
     D = || student after steps - theta_{t+gap} ||^2 / || theta_t - theta_{t+gap} ||^2
 
 ``D`` is differentiated through the unrolled steps with respect to the
-synthetic inputs and the student's step sizes (learnt, one per weight
-tensor: real trajectories often come from Adam, whose per-tensor step sizes
-plain SGD cannot reproduce with one scalar). BatchNorm runs in eval mode with
-the statistics stored in checkpoint ``t``. The student is a set of tensors
-passed through :func:`torch.func.functional_call`; the model is never changed.
+synthetic inputs and the student's step sizes. Our adaptation: real
+trajectories usually come from Adam-like optimisers, whose steps have a
+per-tensor length that does not follow the gradient's magnitude (which
+changes a thousandfold along a run), so plain SGD with one step size either
+stalls or diverges. The student therefore takes *normalised* steps, per
+weight tensor ``n``::
+
+    w_n <- w_n - scale_n * (|theta_{t+gap,n} - theta_{t,n}| / steps) * g_n / |g_n|
+
+so that ``steps`` steps in a constant direction cover the real displacement
+exactly when ``scale_n = 1``; the synthetic set decides the directions, and
+``scale_n`` (one per tensor) is learnt from 1. BatchNorm runs in eval mode
+with the statistics stored in checkpoint ``t``. The student is a set of
+tensors passed through :func:`torch.func.functional_call`; the model is
+never changed.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,8 +38,7 @@ from tqdm.auto import tqdm
 from captum_global.attr.classwise_types import WeightPoint
 from captum_global.errors import InvalidArgumentError
 
-__all__ = ["check_trajectory", "initial_student_lrs", "run_trajectory_matching", "student_distance",
-           "trajectory_starts"]
+__all__ = ["check_trajectory", "run_trajectory_matching", "student_distance", "trajectory_starts"]
 
 _TINY = 1e-30
 
@@ -40,30 +48,6 @@ def trajectory_starts(num_points: int, gap: int) -> List[int]:
     return list(range(num_points - gap))
 
 
-def initial_student_lrs(points: Sequence[WeightPoint], real_grads: Sequence[Sequence[Tensor]],
-                        names: Sequence[str], gap: int, steps: int) -> Tensor:
-    """``[len(names)]`` step sizes such that ``steps`` SGD steps along the real
-    gradient cover the real displacement, per tensor, averaged over starts.
-
-    ``real_grads[t]`` is the gradient of the mean training loss over all real
-    examples at point ``t`` (list over ``names``). Its log is the student's
-    starting log step size; the geometric mean over starts is taken.
-    """
-    logs = []
-    for t in trajectory_starts(len(points), gap):
-        row = []
-        for n, g in zip(names, real_grads[t]):
-            moved = float((points[t + gap][n].double() - points[t][n].double()).norm())
-            pull = float(g.double().norm()) * steps
-            row.append(math.log(max(moved, _TINY) / max(pull, _TINY)) if moved > 0 and pull > 0 else float("nan"))
-        logs.append(row)
-    logs_t = torch.tensor(logs, dtype=torch.float64)
-    finite = torch.isfinite(logs_t)
-    mean = torch.where(finite, logs_t, torch.zeros_like(logs_t)).sum(0) / finite.sum(0).clamp_min(1)
-    fallback = float(mean[finite.any(0)].mean()) if bool(finite.any()) else math.log(0.01)
-    return torch.where(finite.any(0), mean, torch.full_like(mean, fallback)).exp()
-
-
 def student_distance(
     model: nn.Module,
     start: WeightPoint,
@@ -71,7 +55,7 @@ def student_distance(
     names: Sequence[str],
     images: Tensor,
     labels: Tensor,
-    log_lrs: Tensor,
+    log_scales: Tensor,
     steps: int,
     batch: Optional[int],
     generator: torch.Generator,
@@ -79,9 +63,9 @@ def student_distance(
     check: Optional[Callable[[Tensor, str], Tensor]] = None,
     create_graph: bool = True,
 ) -> Tensor:
-    """Normalised distance reached by ``steps`` differentiable SGD steps from
-    ``start`` on ``(images, labels)`` to ``target`` (a scalar with a graph to
-    ``images`` and ``log_lrs``).
+    """Normalised distance reached by ``steps`` differentiable normalised
+    gradient steps from ``start`` on ``(images, labels)`` to ``target`` (a
+    scalar with a graph to ``images`` and ``log_scales``).
 
     Each step uses ``batch`` inputs drawn without replacement from the set
     (all of them when ``batch`` is None or not smaller), augmented by
@@ -90,7 +74,8 @@ def student_distance(
     """
     state = dict(start)
     weights = [start[n].detach().requires_grad_(True) for n in names]
-    lrs = log_lrs.exp()
+    lengths = torch.stack([(target[n] - start[n]).norm() for n in names]) / steps
+    lrs = log_scales.exp() * lengths
     count = images.shape[0]
     for step in range(steps):
         if batch is None or batch >= count:
@@ -106,7 +91,7 @@ def student_distance(
             check(logits, f"student step {step}")
         loss = F.cross_entropy(logits, y)
         grads = torch.autograd.grad(loss, weights, create_graph=create_graph)
-        weights = [w - lr * g for w, lr, g in zip(weights, lrs, grads)]
+        weights = [w - lr * g / g.norm().clamp_min(_TINY) for w, lr, g in zip(weights, lrs, grads)]
         if not create_graph:
             weights = [w.detach().requires_grad_(True) for w in weights]
     reached = sum(((w - target[n]) ** 2).sum() for w, n in zip(weights, names))
@@ -131,36 +116,35 @@ def check_trajectory(points: Sequence[WeightPoint], names: Sequence[str], gap: i
 
 
 def run_trajectory_matching(model: nn.Module, points: Sequence[WeightPoint], names: Sequence[str],
-                            start: Tensor, labels: Tensor, log_lrs: Tensor, *, gap: int, steps: int,
+                            start: Tensor, labels: Tensor, log_scales: Tensor, *, gap: int, steps: int,
                             batch: Optional[int], iterations: int, lr: Optional[float],
                             learn_lr: bool, prior: Callable[[Tensor], Tensor],
-                            value_range, augment, check, generator: torch.Generator,
+                            param, augment, check, generator: torch.Generator,
                             progress: bool) -> Tuple[Tensor, Tensor, List[float]]:
     """Optimise the synthetic set (all classes jointly: the student trains on
-    all of it) and the student's log step sizes; returns the last iterate,
-    the learnt log step sizes and the objective per iteration."""
-    images = start.clone().requires_grad_(True)
-    log_lrs = log_lrs.clone().requires_grad_(learn_lr)
-    groups = [{"params": [images], "lr": 0.01 if lr is None else lr}]
+    all of it) and the student's log step scales; returns the last iterate,
+    the learnt log step scales and the objective per iteration."""
+    leaf = param.encode(start).requires_grad_(True)
+    log_scales = log_scales.clone().requires_grad_(learn_lr)
+    groups = [{"params": [leaf], "lr": 0.01 if lr is None else lr}]
     if learn_lr:
-        groups.append({"params": [log_lrs], "lr": 0.01})
+        groups.append({"params": [log_scales], "lr": 0.01})
     opt = torch.optim.Adam(groups)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
     starts = trajectory_starts(len(points), gap)
     history = []
     for _ in tqdm(range(iterations), desc="trajectory matching", disable=not progress):
         t = starts[int(torch.randint(len(starts), (1,), generator=generator))]
-        d = student_distance(model, points[t], points[t + gap], names, images, labels, log_lrs, steps,
+        images = param.decode(leaf)
+        d = student_distance(model, points[t], points[t + gap], names, images, labels, log_scales, steps,
                              batch, generator, augment, check)
         objective = d + prior(images)
-        wrt = [images, log_lrs] if learn_lr else [images]
+        wrt = [leaf, log_scales] if learn_lr else [leaf]
         grads = torch.autograd.grad(objective, wrt)
         for tensor, g in zip(wrt, grads):
             tensor.grad = g
         history.append(float(d.detach()))
         opt.step()
         schedule.step()
-        if value_range is not None:
-            with torch.no_grad():
-                images.clamp_(*value_range)
-    return images.detach(), log_lrs.detach(), history
+        param.project(leaf)
+    return param.decode(leaf).detach(), log_scales.detach(), history

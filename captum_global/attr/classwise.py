@@ -32,12 +32,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from captum_global._checks import check_finite_output, check_int, check_module, check_number, check_tensor
+from captum_global._checks import (
+    check_bool,
+    check_finite_output,
+    check_int,
+    check_module,
+    check_number,
+    check_tensor,
+)
 from captum_global._model_state import preserved_model_state
 from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global.attr import _classwise_parts as parts
 from captum_global.attr._batchnorm_stats import fill_population_statistics, untracked_batchnorms
 from captum_global.attr._checkpoints import resolve_checkpoints
+from captum_global.attr._image_parametrization import Parametrization
 from captum_global.attr._gradient_matching import (
     make_loader,
     matched_parameter_names,
@@ -46,7 +54,6 @@ from captum_global.attr._gradient_matching import (
 )
 from captum_global.attr._trajectory_matching import (
     check_trajectory,
-    initial_student_lrs,
     run_trajectory_matching,
     student_distance,
     trajectory_starts,
@@ -140,7 +147,7 @@ class ClassWiseSynthesis(Attribution):
         with _autograd_on(), preserved_model_state(model, eval_mode=True), \
                 seeded_global_rng(seed, cuda_devices(model)):
             points, labels, given = resolve_checkpoints(model, checkpoints)
-            if any(untracked_batchnorms(model, p) for p in points):
+            if given and any(untracked_batchnorms(model, p) for p in points):
                 device, dtype = points[0][names[0]].device, points[0][names[0]].dtype
 
                 def inputs():
@@ -194,12 +201,13 @@ class ClassWiseSynthesis(Attribution):
         priors: Optional[Dict[str, float]] = None,
         value_range: Optional[Tuple[float, float]] = (0.0, 1.0),
         augment: Optional[Callable[[Tensor], Tensor]] = None,
+        parametrization: str = "pixels",
         checkpoints_per_iteration: Optional[int] = None,
         student_steps: int = 10,
         checkpoint_gap: int = 1,
         student_batch: Optional[int] = None,
-        student_lr: Optional[float] = None,
-        learn_student_lr: bool = True,
+        step_scale: float = 1.0,
+        learn_step_scale: bool = True,
         real_examples: int = 0,
         seed: Optional[int] = 0,
         show_progress: bool = False,
@@ -254,6 +262,11 @@ class ClassWiseSynthesis(Attribution):
                         synthetic batch before every forward pass of the
                         optimisation (the real side is not augmented). It may
                         draw from the global RNG: it runs seeded by ``seed``.
+            parametrization (str): ``"pixels"`` (optimise the inputs) or
+                        ``"spectrum"`` (optimise their Fourier coefficients
+                        scaled by 1/frequency, as in feature visualisation:
+                        low frequencies move first, so shapes form within tens
+                        of steps instead of pixel noise; images only).
             checkpoints_per_iteration (int, optional): gradient mode: match at
                         this many checkpoints drawn at random per iteration
                         (cheaper on long trajectories; the last iterate is
@@ -264,11 +277,14 @@ class ClassWiseSynthesis(Attribution):
                         this many after the start.
             student_batch (int, optional): trajectory mode: synthetic inputs
                         per student step (drawn at random). None: all.
-            student_lr (float, optional): trajectory mode: the student's
-                        starting step size. None: per weight tensor, the step
-                        that would cover the real displacement by following the
-                        real gradient (from the streaming pass).
-            learn_student_lr (bool): trajectory mode: learn the step sizes.
+            step_scale (float): trajectory mode: the student's starting step
+                        length, per weight tensor, as a multiple of the real
+                        displacement from start to target divided by
+                        ``student_steps`` (the student takes normalised
+                        gradient steps: 1 covers the real distance when its
+                        direction is constant).
+            learn_step_scale (bool): trajectory mode: learn the step scales
+                        (one per weight tensor).
             real_examples (int): real examples per class kept in the result
                         (for figures beside the synthetic sets).
             seed (int, optional): seeds initialisation, real-example choice,
@@ -286,7 +302,8 @@ class ClassWiseSynthesis(Attribution):
         parts.check_model(model)
         parts.check_data(data)
         priors, value_range = parts.check_options(optimizer, lr, init, distance, images_per_class, iterations,
-                                                  priors, value_range, augment, momentum, mode)
+                                                  priors, value_range, augment, momentum, mode,
+                                                  parametrization)
         check_int(real_examples, "real_examples", minimum=0)
         check_int(student_steps, "student_steps", minimum=1)
         check_int(checkpoint_gap, "checkpoint_gap", minimum=1)
@@ -294,8 +311,8 @@ class ClassWiseSynthesis(Attribution):
             check_int(checkpoints_per_iteration, "checkpoints_per_iteration", minimum=1)
         if student_batch is not None:
             check_int(student_batch, "student_batch", minimum=1)
-        if student_lr is not None:
-            check_number(student_lr, "student_lr", 0.0, min_inclusive=False)
+        check_number(step_scale, "step_scale", 0.0, min_inclusive=False)
+        learn_step_scale = check_bool(learn_step_scale, "learn_step_scale")
         seed = check_seed(seed)
         keep = max(images_per_class if init == "real" else 0, real_examples)
         if isinstance(data, ClassGradients):
@@ -304,7 +321,8 @@ class ClassWiseSynthesis(Attribution):
             rg = self.real_class_gradients(data, classes, parameters, checkpoints, batch_size, keep, seed,
                                            show_progress)
         device = rg.points[0][rg.names[0]].device
-        start = parts.initial_images(rg, images_per_class, init, value_range, seed).to(device)
+        param = Parametrization(parametrization, tuple(rg.input_shape), value_range, device, rg.dtype)
+        start = parts.initial_images(rg, images_per_class, init, param, seed).to(device)
         augment_fn = parts.checked_augment(augment)
         gen = make_generator(seed)
         progress = parts.show(show_progress)
@@ -314,12 +332,12 @@ class ClassWiseSynthesis(Attribution):
             if mode == "gradient":
                 images, history = parts.run_gradient_matching(
                     model, rg, start, distance=distance, iterations=iterations, optimizer=optimizer, lr=lr,
-                    momentum=momentum, priors=priors, value_range=value_range, augment=augment_fn,
+                    momentum=momentum, priors=priors, param=param, augment=augment_fn,
                     per_iteration=checkpoints_per_iteration, generator=gen, progress=progress)
             else:
                 images, history, trajectory_info = self._trajectory(
-                    rg, start, checkpoint_gap, student_steps, student_batch, student_lr, learn_student_lr,
-                    iterations, lr, priors, value_range, augment_fn, gen, progress)
+                    rg, start, checkpoint_gap, student_steps, student_batch, step_scale, learn_step_scale,
+                    iterations, lr, priors, param, augment_fn, gen, progress)
             with torch.no_grad():
                 logits = model(images.flatten(0, 1))
             check_finite_output(logits, "ClassWiseSynthesis", "the synthetic inputs")
@@ -347,41 +365,33 @@ class ClassWiseSynthesis(Attribution):
             **trajectory_info,
         )
 
-    def _trajectory(self, rg: ClassGradients, start: Tensor, gap: int, steps: int, batch, student_lr,
-                    learn_lr: bool, iterations: int, lr, priors, value_range, augment, gen, progress):
+    def _trajectory(self, rg: ClassGradients, start: Tensor, gap: int, steps: int, batch, step_scale: float,
+                    learn_scale: bool, iterations: int, lr, priors, param, augment, gen, progress):
         """Trajectory matching on targets ``rg``; returns images, history and result fields."""
         model = self.forward_func
         check_trajectory(rg.points, rg.names, gap, rg.point_names)
-        C, n = start.shape[:2]
+        n = start.shape[1]
         labels = torch.tensor(rg.classes, device=start.device).repeat_interleave(n)
-        if student_lr is None:
-            weights = rg.counts.to(torch.float64) / rg.counts.sum()
-            overall = [[sum(float(weights[ci]) * rg.grads[k][ci][j].double() for ci in range(C))
-                        for j in range(len(rg.names))] for k in range(len(rg.points))]
-            log_lrs = initial_student_lrs(rg.points, overall, rg.names, gap, steps).log()
-        else:
-            log_lrs = torch.full((len(rg.names),), float(student_lr), dtype=torch.float64).log()
-        log_lrs = log_lrs.to(device=start.device, dtype=start.dtype)
+        log_scales = torch.full((len(rg.names),), float(step_scale), dtype=start.dtype, device=start.device).log()
 
         def check(logits: Tensor, where: str) -> None:
-            check_finite_output(logits.detach(), "ClassWiseSynthesis",
-                                f"{where} of the student (if it diverged, pass a smaller student_lr)")
+            check_finite_output(logits.detach(), "ClassWiseSynthesis", f"{where} of the student")
 
-        def distances(images: Tensor, log: Tensor) -> Tensor:
+        def distances(images: Tensor, scales: Tensor) -> Tensor:
             eval_gen = make_generator(0)
             return torch.stack([
                 student_distance(model, rg.points[t], rg.points[t + gap], rg.names, images.flatten(0, 1), labels,
-                                 log, steps, batch, eval_gen, None, check, create_graph=False).detach()
+                                 scales, steps, batch, eval_gen, None, check, create_graph=False).detach()
                 for t in trajectory_starts(len(rg.points), gap)])
 
         flat, learnt, history = run_trajectory_matching(
-            model, rg.points, rg.names, start.flatten(0, 1), labels, log_lrs, gap=gap, steps=steps, batch=batch,
-            iterations=iterations, lr=lr, learn_lr=learn_lr,
-            prior=lambda x: parts.prior(x, priors, value_range), value_range=value_range, augment=augment,
+            model, rg.points, rg.names, start.flatten(0, 1), labels, log_scales, gap=gap, steps=steps, batch=batch,
+            iterations=iterations, lr=lr, learn_lr=learn_scale,
+            prior=lambda x: parts.prior(x, priors, param.value_range), param=param, augment=augment,
             check=check, generator=gen, progress=progress)
         images = flat.view_as(start)
-        info = dict(initial_trajectory_distances=distances(start, log_lrs),
-                    trajectory_distances=distances(images, learnt), student_lr=learnt.exp())
+        info = dict(initial_trajectory_distances=distances(start, log_scales),
+                    trajectory_distances=distances(images, learnt), step_scale=learnt.exp())
         return images, history, info
 
 

@@ -80,8 +80,9 @@ class ClassWiseResult:
             distance reached from each start checkpoint at the end (1 = no
             better than staying at the start), else None.
         initial_trajectory_distances: the same for the starting images.
-        student_lr: trajectory mode only: the learnt step size(s) of the
-            student, else None.
+        step_scale: trajectory mode only: ``[len(matched weights)]`` the
+            student's learnt step length per weight tensor, as a multiple of
+            the real displacement per student step, else None.
         real_examples: ``{class: [m, *input_shape]}`` a few real examples per
             class (for figures; empty unless requested).
         note: what a reader must know (e.g. that no trajectory was given).
@@ -103,7 +104,7 @@ class ClassWiseResult:
     distances: Optional[Tensor] = None
     trajectory_distances: Optional[Tensor] = None
     initial_trajectory_distances: Optional[Tensor] = None
-    student_lr: Optional[Tensor] = None
+    step_scale: Optional[Tensor] = None
     real_examples: Dict[int, Tensor] = field(default_factory=dict)
     note: str = ""
 
