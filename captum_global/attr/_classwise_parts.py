@@ -215,19 +215,13 @@ def run_gradient_matching(model: nn.Module, rg: ClassGradients, start: Tensor, *
                           iterations: int, optimizer: str, lr, momentum: float, priors, param: Parametrization,
                           augment: Callable[[Tensor], Tensor], per_iteration: Optional[int],
                           generator: torch.Generator, progress: bool) -> Tuple[Tensor, List[float]]:
-    """Optimise each class's set on the summed matching distance.
-
-    With every checkpoint in every iteration the objective is deterministic
-    and the best iterate is returned (the landscape is rough: softmax tails
-    swing the gradient direction); with ``per_iteration`` checkpoints drawn
-    at random per iteration, iterates are not comparable and the last is."""
+    """Optimise each class's set on its matching distance summed over the
+    checkpoints (all, or ``per_iteration`` drawn at random per iteration);
+    returns the last iterate and the objective before each step."""
     leaves = [param.encode(x).requires_grad_(True) for x in start]
     sampled = per_iteration is not None and per_iteration < len(rg.points)
-    best = [x.detach().clone() for x in start]
-    best_value = [float("inf")] * len(leaves)
     step = optimiser(optimizer, leaves, lr, momentum, iterations)
     history = []
-    value_range = param.value_range
     for _ in tqdm(range(iterations), desc="gradient matching", disable=not progress):
         ks = None
         if sampled:
@@ -236,20 +230,11 @@ def run_gradient_matching(model: nn.Module, rg: ClassGradients, start: Tensor, *
         for ci, z in enumerate(leaves):
             x = param.decode(z)
             d = class_distance(model, augment(x), ci, rg, distance, True, ks)
-            objective = d + prior(x, priors, value_range)
+            objective = d + prior(x, priors, param.value_range)
             z.grad = torch.autograd.grad(objective, z)[0]
             total += float(d.detach())
-            if not sampled and float(objective.detach()) < best_value[ci]:
-                best_value[ci], best[ci] = float(objective.detach()), x.detach().clone()
         history.append(total)
         step()
         for z in leaves:
             param.project(z)
-    last = [param.decode(z).detach() for z in leaves]
-    if sampled or not iterations:
-        return torch.stack(last), history
-    for ci, x in enumerate(last):  # the last step's result is a candidate too
-        value = class_distance(model, augment(x), ci, rg, distance, False).detach() + prior(x, priors, value_range)
-        if float(value) < best_value[ci]:
-            best[ci] = x
-    return torch.stack(best), history
+    return torch.stack([param.decode(z).detach() for z in leaves]), history

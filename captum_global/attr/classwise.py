@@ -269,8 +269,7 @@ class ClassWiseSynthesis(Attribution):
                         of steps instead of pixel noise; images only).
             checkpoints_per_iteration (int, optional): gradient mode: match at
                         this many checkpoints drawn at random per iteration
-                        (cheaper on long trajectories; the last iterate is
-                        returned). None: all of them (the best iterate is).
+                        (cheaper on long trajectories). None: all of them.
             student_steps (int): trajectory mode: differentiable SGD steps of
                         the student per iteration.
             checkpoint_gap (int): trajectory mode: the target is the checkpoint
