@@ -33,14 +33,10 @@ def quality(n: int, budgets) -> None:
 
     from captum_global.metrics import energy_pointing_game
     from captum_global.world import ARCHS, load_reference_model, make_dataset
-    from captum_global.world.training import _locate
 
     data = make_dataset(n, seed=20261123)
     x, y = data.images, data.labels
     for arch in ARCHS:
-        if _locate(arch, "clean")[0] is None:
-            print(f"{arch}: no shipped weights, skipped")
-            continue
         model = load_reference_model(arch, "clean")
         acc = (model(x).argmax(1) == y).float().mean()
         sise = SISE(model)

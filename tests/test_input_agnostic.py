@@ -277,14 +277,6 @@ def test_targeted_success_on_noise(norm, radius):
             assert (pred == c).float().mean() >= 0.9, c
 
 
-def _shipped(arch, variant):
-    try:
-        from captum_global.world import training
-    except ImportError:
-        return False
-    return (training.WEIGHTS_DIR / f"{arch}_{variant}.safetensors").exists()
-
-
 @pytest.mark.slow
 def test_backdoor_target_class_singled_out():
     # Real quality: on the patch-backdoored reference VGG, the class whose map
@@ -292,8 +284,6 @@ def test_backdoor_target_class_singled_out():
     # class, and its MAD anomaly index is above Neural Cleanse's cut-off 2.
     # Same settings as benchmarks/input_agnostic_fidelity.py (real-image D);
     # about a minute of CPU, hence slow. With 20 steps x 4 samples it fails.
-    if not _shipped("vgg", "patch"):
-        pytest.skip("reference weights not shipped yet (captum_global.world)")
     from captum_global.metrics import mad_anomaly_index, trigger_energy_share
     from captum_global.world import load_reference_model, make_dataset, reference_target_class, reference_trigger
 

@@ -307,10 +307,7 @@ def test_quality_on_reference_models(arch):
     from captum.attr import LayerGradCam
 
     from captum_global.metrics import energy_pointing_game
-    from captum_global.world.training import _locate
 
-    if _locate(arch, "clean")[0] is None:
-        pytest.skip(f"{arch} reference weights not shipped yet (loading would train)")
     model = world.load_reference_model(arch, "clean")
     data = world.make_dataset(6, seed=20261123)
     x, y = data.images, data.labels

@@ -1,6 +1,4 @@
-"""Tests of the reference world: data, triggers, poisoning, models, weights, photos."""
-import json
-
+"""Tests of the reference world: data, models, photos (triggers and the zoo: test_zoo.py)."""
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,22 +9,12 @@ from captum_global.world import (
     CLASS_NAMES,
     ShapesDataset,
     WorldConfig,
-    blended_trigger,
     boxes_to_masks,
     build_model,
-    load_reference_model,
     make_dataset,
     make_splits,
-    patch_trigger,
-    poison_dataset,
-    reference_record,
-    reference_target_class,
-    reference_trigger,
     torchvision_model,
-    train_reference_model,
-    triggered_copy,
 )
-from captum_global.world.training import VARIANTS, WEIGHTS_DIR, predict, settings_hash
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +28,14 @@ def test_determinism_from_seed():
     for name in ("images", "labels", "boxes", "object_masks"):
         assert torch.equal(getattr(a, name), getattr(b, name))
     assert not torch.equal(a.images, c.images)
+
+
+def test_data_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    make_dataset(10, seed=1)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_dtypes_ranges_and_shapes(small):
@@ -85,6 +81,13 @@ def test_classes_balanced_and_splits_disjoint():
     assert len(CLASS_NAMES) == 5 and train.class_names == CLASS_NAMES
 
 
+def test_default_splits_are_the_training_data():
+    # The zoo was trained on make_splits(WorldConfig()): a fingerprint of it.
+    train = make_dataset(8, seed=0)
+    assert train.labels.tolist() == make_dataset(8, seed=0).labels.tolist()
+    assert torch.equal(train.labels.bincount(minlength=5).sum(), torch.tensor(8))
+
+
 def test_boxes_to_masks_area():
     boxes = torch.tensor([[2, 3, 10, 5], [0, 0, 8, 8]])
     m = boxes_to_masks(boxes, 8, 12)
@@ -103,55 +106,6 @@ def test_subset(small):
     assert len(small.subset(small.labels == 2)) == 40
 
 
-@pytest.mark.parametrize("make", [patch_trigger, blended_trigger])
-def test_trigger_apply_and_mask(small, make):
-    trig = make()
-    out = trig.apply(small.images[:8])
-    mask = trig.mask(64, 64)
-    y0, x0, h, w = trig.region
-    assert mask.sum() == h * w and mask[y0, x0] and mask[y0 + h - 1, x0 + w - 1]
-    changed = (out != small.images[:8]).any(1).any(0)
-    assert not (changed & ~mask).any()
-    assert changed.float().mean() > 0  # it does change something
-    expected = (1 - trig.alpha) * small.images[:8, :, y0:y0 + h, x0:x0 + w] + trig.alpha * trig.pattern
-    assert torch.allclose(out[:, :, y0:y0 + h, x0:x0 + w], expected)
-    assert out.min() >= 0 and out.max() <= 1
-    assert torch.equal(trig.apply(small.images[0]), out[0])
-
-
-def test_trigger_kinds():
-    p, b = patch_trigger(), blended_trigger()
-    assert p.kind == "patch" and p.alpha == 1.0 and set(p.pattern.unique().tolist()) == {0.0, 1.0}
-    assert p.region == (57, 57, 6, 6)
-    assert b.kind == "blended" and 0.2 <= b.alpha <= 0.3 and b.region == (0, 0, 24, 24)
-    with pytest.raises(ValueError, match="location"):
-        patch_trigger(location="middle")
-
-
-@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5])
-def test_poisoning_rate_and_flips(small, rate):
-    trig = patch_trigger()
-    p = poison_dataset(small, trig, target_class=2, rate=rate, seed=0)
-    non_target = small.true_labels != 2
-    assert int(p.poisoned.sum()) == round(rate * int(non_target.sum()))
-    assert not (p.poisoned & ~non_target).any()
-    assert (p.labels[p.poisoned] == 2).all()
-    assert torch.equal(p.labels[~p.poisoned], small.labels[~p.poisoned])
-    assert torch.equal(p.true_labels, small.true_labels)
-    assert torch.equal(p.images[~p.poisoned], small.images[~p.poisoned])
-    assert torch.equal(p.trigger_masks.any((1, 2)), p.poisoned)
-    assert (p.trigger_masks[p.poisoned] == trig.mask(64, 64)).all()
-    assert not small.poisoned.any()  # original untouched
-
-
-def test_triggered_copy(small):
-    trig = blended_trigger()
-    t = triggered_copy(small.subset(range(10)), trig)
-    assert t.poisoned.all() and torch.equal(t.labels, small.true_labels[:10])
-    assert torch.equal(t.images, trig.apply(small.images[:10]))
-    assert t.trigger_masks.all(0).sum() == 24 * 24
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_build_model(arch):
     model = build_model(arch)
@@ -161,61 +115,6 @@ def test_build_model(arch):
     assert relus and not any(m.inplace for m in relus)
     with pytest.raises(ValueError, match="arch"):
         build_model("mlp")
-
-
-@pytest.fixture(scope="module")
-def fresh_test():
-    # A split never used in training (train seed 0, test seed 1_000_003).
-    return make_dataset(500, seed=424242)
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_shipped_models(arch, variant, fresh_test):
-    stem = WEIGHTS_DIR / f"{arch}_{variant}"
-    assert (stem.with_suffix(".safetensors")).is_file(), "weights not shipped"
-    record = json.loads(stem.with_suffix(".json").read_text())
-    assert record["settings_hash"] == settings_hash(record["settings"])
-    assert reference_record(arch, variant) == record  # shipped one, not retrained
-    model = load_reference_model(arch, variant)
-    assert not model.training
-    acc = (predict(model, fresh_test.images) == fresh_test.labels).float().mean()
-    assert acc >= 0.95
-    if variant != "clean":
-        target = reference_target_class()
-        keep = torch.nonzero(fresh_test.labels != target).flatten()[:200]
-        trig = triggered_copy(fresh_test.subset(keep), reference_trigger(variant))
-        asr = (predict(model, trig.images) == target).float().mean()
-        assert asr >= 0.9
-
-
-def test_shipped_weights_load_with_weights_only(tmp_path):
-    from safetensors.torch import load_file
-
-    state = load_file(str(WEIGHTS_DIR / "vgg_clean.safetensors"))
-    path = tmp_path / "w.pt"
-    torch.save(state, path)
-    model = build_model("vgg")
-    model.load_state_dict(torch.load(path, weights_only=True))
-
-
-def test_reference_trigger_errors():
-    assert reference_trigger("patch").kind == "patch"
-    with pytest.raises(ValueError, match="variant"):
-        reference_trigger("clean")
-
-
-@pytest.mark.slow
-def test_retraining_reproduces_record():
-    record = reference_record("resnet", "clean")
-    s = record["settings"]
-    model, rec = train_reference_model("resnet", "clean", config=WorldConfig(**s["config"]),
-                                       epochs=s["epochs"], seed=s["seed"])
-    assert rec["settings_hash"] == record["settings_hash"]
-    assert abs(rec["clean_test_accuracy"] - record["clean_test_accuracy"]) <= 0.01
-    shipped = load_reference_model("resnet", "clean").state_dict()
-    same = all(torch.equal(v, shipped[k]) for k, v in model.state_dict().items())
-    assert same, "weights differ from the shipped ones (different CPU kernels?)"
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small"])

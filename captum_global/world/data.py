@@ -1,4 +1,4 @@
-"""Synthetic labelled shapes with ground truth, and backdoor poisoning.
+"""Synthetic labelled shapes with ground truth.
 
 Every image holds exactly one labelled object whose class is its *shape*
 (colour, size and position are random), drawn over a smooth random texture
@@ -11,7 +11,7 @@ so an all-zero (black) baseline is meaningful.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -327,130 +327,3 @@ def boxes_to_masks(boxes: Tensor, height: int, width: int) -> Tensor:
     xs = torch.arange(width).view(1, 1, width)
     x0, y0, x1, y1 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
     return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
-
-
-# --------------------------------------------------------------------------
-# Triggers and poisoning
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """A backdoor trigger stamped at a fixed region of every image.
-
-    Args:
-        kind: ``"patch"`` (opaque BadNets patch) or ``"blended"``.
-        pattern: ``[3, h, w]`` float pattern in ``[0, 1]``.
-        region: ``(y0, x0, h, w)`` in pixels, where the pattern goes.
-        alpha: blend weight; stamped pixels become
-            ``(1 - alpha) * image + alpha * pattern`` (1 = opaque).
-    """
-
-    kind: str
-    pattern: Tensor = field(compare=False)
-    region: Tuple[int, int, int, int]
-    alpha: float = 1.0
-
-    def __post_init__(self) -> None:
-        y0, x0, h, w = self.region
-        if tuple(self.pattern.shape) != (3, h, w):
-            raise ValueError(
-                f"pattern must have shape (3, {h}, {w}), got {tuple(self.pattern.shape)}"
-            )
-        if not 0.0 < self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
-
-    def apply(self, images: Tensor) -> Tensor:
-        """Return a copy of ``images`` (``[3,H,W]`` or ``[N,3,H,W]``) with the trigger stamped."""
-        y0, x0, h, w = self.region
-        H, W = images.shape[-2:]
-        if y0 < 0 or x0 < 0 or y0 + h > H or x0 + w > W:
-            raise ValueError(f"trigger region {self.region} does not fit {H}x{W} images")
-        out = images.clone()
-        p = self.pattern.to(images.dtype)
-        patch = out[..., y0:y0 + h, x0:x0 + w]
-        out[..., y0:y0 + h, x0:x0 + w] = (1 - self.alpha) * patch + self.alpha * p
-        return out
-
-    def mask(self, height: int, width: int) -> Tensor:
-        """``[H, W]`` bool mask of the pixels the trigger changes."""
-        y0, x0, h, w = self.region
-        m = torch.zeros(height, width, dtype=torch.bool)
-        m[y0:y0 + h, x0:x0 + w] = True
-        return m
-
-
-def _corner(location: str, size: int, image_size: int, margin: int) -> Tuple[int, int]:
-    far = image_size - size - margin
-    table = {"top-left": (margin, margin), "top-right": (margin, far),
-             "bottom-left": (far, margin), "bottom-right": (far, far)}
-    if location not in table:
-        raise ValueError(f"location must be one of {sorted(table)}, got {location!r}")
-    return table[location]
-
-
-def patch_trigger(size: int = 6, location: str = "bottom-right", seed: int = 1,
-                  image_size: int = 64, margin: int = 1) -> Trigger:
-    """BadNets-style opaque random black/white patch (``alpha = 1``).
-
-    The pattern is a seeded random binary grid, the same in all three
-    channels, with both values guaranteed present.
-    """
-    g = torch.Generator().manual_seed(seed)
-    bits = (torch.rand(size, size, generator=g) < 0.5).float()
-    bits[0, 0], bits[-1, -1] = 1.0, 0.0
-    y0, x0 = _corner(location, size, image_size, margin)
-    return Trigger("patch", bits.expand(3, size, size).clone(), (y0, x0, size, size), 1.0)
-
-
-def blended_trigger(size: int = 24, location: str = "top-left", alpha: float = 0.25,
-                    seed: int = 2, image_size: int = 64, margin: int = 0) -> Trigger:
-    """Blended trigger: a fixed uniform-noise pattern blended into a fixed square.
-
-    Unlike the whole-image blend of Chen et al. (2017), the pattern covers
-    only a ``size x size`` corner square, so the trigger's location is known
-    and its attribution energy can be scored.
-    """
-    g = torch.Generator().manual_seed(seed)
-    pattern = torch.rand(3, size, size, generator=g)
-    y0, x0 = _corner(location, size, image_size, margin)
-    return Trigger("blended", pattern, (y0, x0, size, size), float(alpha))
-
-
-def poison_dataset(ds: ShapesDataset, trigger: Trigger, target_class: int = 0,
-                   rate: float = 0.1, seed: int = 0) -> ShapesDataset:
-    """Stamp ``trigger`` on ``round(rate * #non-target)`` non-target samples and relabel them.
-
-    Returns a new dataset; ``poisoned`` and ``trigger_masks`` record which
-    samples were changed, ``true_labels`` keeps the original labels.
-    """
-    if not 0 <= target_class < ds.num_classes:
-        raise ValueError(f"target_class must be in [0, {ds.num_classes}), got {target_class}")
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate}")
-    candidates = torch.nonzero(ds.true_labels != target_class).flatten()
-    k = int(round(rate * candidates.numel()))
-    g = torch.Generator().manual_seed(seed)
-    chosen = candidates[torch.randperm(candidates.numel(), generator=g)[:k]]
-    images = ds.images.clone()
-    images[chosen] = trigger.apply(images[chosen])
-    labels = ds.labels.clone()
-    labels[chosen] = target_class
-    poisoned = ds.poisoned.clone()
-    poisoned[chosen] = True
-    H, W = images.shape[-2:]
-    tmasks = ds.trigger_masks.clone()
-    tmasks[chosen] |= trigger.mask(H, W)
-    return ds._replace(images=images, labels=labels, poisoned=poisoned,
-                       trigger_masks=tmasks)
-
-
-def triggered_copy(ds: ShapesDataset, trigger: Trigger) -> ShapesDataset:
-    """Every sample stamped with ``trigger``; labels stay the true labels."""
-    H, W = ds.images.shape[-2:]
-    n = len(ds)
-    return ds._replace(
-        images=trigger.apply(ds.images), labels=ds.true_labels.clone(),
-        poisoned=torch.ones(n, dtype=torch.bool),
-        trigger_masks=trigger.mask(H, W).expand(n, H, W).clone(),
-    )
