@@ -535,3 +535,53 @@ def test_untracked_batchnorm_statistics_are_the_populations():
     tracked["4.num_batches_tracked"] += 1
     kept = ClassWiseSynthesis(model).real_class_gradients(data, checkpoints=[tracked]).points[0]
     assert torch.equal(kept["1.running_var"], init["1.running_var"])  # tracked statistics are kept
+
+
+def test_init_as_tensor_shared_or_per_class():
+    data, model = labelled(), tiny()
+    method = ClassWiseSynthesis(model)
+    shared = torch.rand(2, 3, 6, 6)
+    r = method.attribute(data, images_per_class=2, init=shared, iterations=0)
+    assert all(torch.equal(r.initial_images[i], shared) for i in range(3))
+    per_class = torch.rand(3, 2, 3, 6, 6)
+    assert torch.equal(method.attribute(data, images_per_class=2, init=per_class, iterations=0).initial_images,
+                       per_class)
+    with pytest.raises(InvalidArgumentError, match=r"init as a tensor must have shape \[images_per_class"):
+        method.attribute(data, images_per_class=3, init=shared, iterations=0)
+    with pytest.raises(InvalidArgumentError, match="init must be finite"):
+        method.attribute(data, images_per_class=2, init=shared * float("nan"), iterations=0)
+    with pytest.raises(InvalidArgumentError, match="init"):
+        method.attribute(data, init="zeros", iterations=0)
+
+
+def test_clusters_split_a_class_into_its_populations():
+    """Class 0 holds two populations the model tells apart: each synthetic input imitates one."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(36, 3, 6, 6, generator=gen) * 0.2
+    y = torch.arange(36) % 3
+    x[y == 1, 1] += 0.7
+    x[y == 2, 2] += 0.7
+    first = (y == 0).nonzero().flatten()[:4]  # 4 of the 12 class-0 images are bright in channel 0
+    x[first, 0] += 0.7
+    data = TensorDataset(x, y)
+    model = trained(data, steps=80)
+    method = ClassWiseSynthesis(model)
+    rg = method.real_class_gradients(data, clusters=2, batch_size=5)
+    assert rg.cluster_counts.tolist()[0] in ([4, 8], [8, 4]) and rg.cluster_counts.sum(1).tolist() == [12, 12, 12]
+    j = rg.cluster_counts[0].tolist().index(4)
+    for got, want in zip(rg.cluster_grads[0][0][j], real_class_mean_gradient(model, TensorDataset(x[first], y[first]), 0)):
+        assert torch.allclose(got, want, atol=1e-6)  # the group's own mean gradient
+    for got, want in zip(rg.grads[0][0], real_class_mean_gradient(model, data, 0)):
+        assert torch.allclose(got, want, atol=1e-6)  # the class mean is unchanged
+    r = method.attribute(rg, images_per_class=2, match="clusters", iterations=3)
+    assert torch.equal(r.cluster_sizes, rg.cluster_counts)
+    # Input j is scored against group j: hand-check with the oracle on the starting images.
+    expected = sum(float(reference_objective(model, r.initial_images[0, g:g + 1], 0,
+                                             [t.detach() for t in rg.cluster_grads[0][0][g]])) for g in range(2))
+    assert abs(float(r.initial_distance[0]) - expected) < 1e-3
+    with pytest.raises(InvalidArgumentError, match="match='clusters' and images_per_class=2"):
+        method.attribute(rg, images_per_class=3, iterations=1)
+    with pytest.raises(InvalidArgumentError, match="match"):
+        method.attribute(data, mode="trajectory", match="clusters", iterations=1)
+    with pytest.raises(InvalidArgumentError, match="has only 12 examples"):
+        method.attribute(data, images_per_class=13, match="clusters", iterations=1)

@@ -4,14 +4,13 @@ loop. The public face (arguments, result) stays in ``classwise.py``; the
 trajectory-matching loop is in ``_trajectory_matching.py``."""
 from __future__ import annotations
 
-import operator
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_global._checks import check_choice, check_int, check_number, check_value_range
+from captum_global._checks import check_choice, check_int, check_number, check_tensor, check_value_range
 from captum_global.attr._gradient_matching import DISTANCES, class_gradient, gradient_distance
 from captum_global.attr._image_parametrization import PARAMETRIZATIONS, Parametrization
 from captum_global.attr.classwise_types import ClassGradients
@@ -54,14 +53,18 @@ def check_model(model: nn.Module) -> None:
 
 
 def check_options(optimizer, lr, init, distance, images_per_class, iterations, priors,
-                  value_range, augment, momentum, mode, parametrization) -> Tuple[Dict[str, float], Optional[Tuple[float, float]]]:
+                  value_range, augment, momentum, mode, parametrization, match) -> Tuple[Dict[str, float], Optional[Tuple[float, float]]]:
     """Validate the options of ``attribute``; returns ``(priors, value_range)``."""
+    check_choice(match, "match", ("class", "clusters"))
+    if match == "clusters" and mode == "trajectory":
+        raise InvalidArgumentError("match='clusters' applies to mode='gradient' (a student trains on the whole set)")
     check_choice(optimizer, "optimizer", ("adam", "sgd"))
     check_choice(parametrization, "parametrization", PARAMETRIZATIONS)
     if lr is not None:
         check_number(lr, "lr", 0.0, min_inclusive=False)
     check_number(momentum, "momentum", 0.0, 1.0, max_inclusive=False)
-    check_choice(init, "init", ("noise", "real"))
+    if not isinstance(init, Tensor):
+        check_choice(init, "init", ("noise", "real"))
     check_choice(distance, "distance", DISTANCES)
     check_choice(mode, "mode", MODES)
     check_int(images_per_class, "images_per_class", minimum=1)
@@ -155,14 +158,27 @@ def select(rg: ClassGradients, classes, parameters, checkpoints, keep: int) -> C
         raise InvalidArgumentError(
             "init='real' needs ClassGradients computed with real_examples >= images_per_class")
     rows = [rg.classes.index(c) for c in classes]
+    clusters = None if rg.cluster_grads is None else [[per_point[i] for i in rows] for per_point in rg.cluster_grads]
     return ClassGradients(
         tuple(classes), rg.names, rg.points, [[per_point[i] for i in rows] for per_point in rg.grads],
         rg.counts[rows], rg.num_outputs, rg.input_shape, rg.dtype, rg.real_examples,
-        rg.point_names, rg.trajectory_given,
+        rg.point_names, rg.trajectory_given, clusters,
+        None if rg.cluster_counts is None else rg.cluster_counts[rows],
     )
 
 
-def initial_images(rg: ClassGradients, n: int, init: str, param: Parametrization, seed: int) -> Tensor:
+def initial_images(rg: ClassGradients, n: int, init, param: Parametrization, seed: int) -> Tensor:
+    if isinstance(init, Tensor):
+        shape = tuple(rg.input_shape)
+        start = check_tensor(init, "init", floating=True)
+        if tuple(start.shape) == (n,) + shape:
+            start = start.unsqueeze(0).expand((len(rg.classes), n) + shape)
+        elif tuple(start.shape) != (len(rg.classes), n) + shape:
+            raise InvalidArgumentError(
+                f"init as a tensor must have shape [images_per_class, *input_shape] = {(n,) + shape} (the same "
+                f"start for every class) or [classes, images_per_class, *input_shape] = "
+                f"{(len(rg.classes), n) + shape}, got {tuple(start.shape)}")
+        return start.detach().to(rg.dtype).clone()
     if init == "real":
         short = {c: len(rg.real_examples.get(c, ())) for c in rg.classes if len(rg.real_examples.get(c, ())) < n}
         if short:
@@ -203,9 +219,14 @@ def class_distance(model: nn.Module, x: Tensor, ci: int, rg: ClassGradients, dis
     """Matching distance of ``x`` for row ``ci``, summed over ``points`` (all by default)."""
     c = rg.classes[ci]
     ks = range(len(rg.points)) if points is None else points
+    where = {k: f"{rg.point_names[k]}, synthetic inputs of class {c}" for k in ks}
+    if rg.cluster_grads is not None:  # input j imitates group j of the class
+        return sum(
+            gradient_distance(class_gradient(model, rg.points[k], rg.names, x[j:j + 1], c, create_graph,
+                                             where=where[k]), rg.cluster_grads[k][ci][j], distance)
+            for k in ks for j in range(x.shape[0]))
     return sum(
-        gradient_distance(class_gradient(model, rg.points[k], rg.names, x, c, create_graph,
-                                         where=f"{rg.point_names[k]}, synthetic inputs of class {c}"),
+        gradient_distance(class_gradient(model, rg.points[k], rg.names, x, c, create_graph, where=where[k]),
                           rg.grads[k][ci], distance)
         for k in ks
     )

@@ -18,7 +18,7 @@ flags and their ``.grad`` fields are never touched.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ __all__ = [
     "class_gradient",
     "make_loader",
     "split_batch",
+    "stream_class_features",
     "stream_class_gradients",
 ]
 
@@ -213,8 +214,14 @@ def stream_class_gradients(
     progress=None,
     point_names: Tuple[str, ...] = ("model",),
     trajectory_given: bool = False,
+    assign: Optional[Callable[[Tensor, int], Tensor]] = None,
+    groups: int = 1,
 ) -> ClassGradients:
     """One pass over ``data``: class-mean real gradients at every point.
+
+    With ``assign`` (examples of class c -> group ids in ``[0, groups)``),
+    the mean gradient of every group of every class is kept too (the class
+    mean is still exact: the count-weighted mean of its groups').
 
     The model is in eval mode (BatchNorm uses its running statistics), so the
     loss of a batch is a sum of per-example terms and the gradient of the mean
@@ -247,9 +254,9 @@ def stream_class_gradients(
                 num_outputs = functional_call(model, points[0], (x[:1],)).shape[-1]
             classes = tuple(range(num_outputs)) if classes is None else tuple(classes)
             _validate_classes(classes, num_outputs)
-            sums = [[[torch.zeros(points[0][n].shape, dtype=torch.float64, device=device) for n in names]
-                     for _ in classes] for _ in points]
-            counts = torch.zeros(len(classes), dtype=torch.float64, device=device)
+            sums = [[[[torch.zeros(points[0][n].shape, dtype=torch.float64, device=device) for n in names]
+                      for _ in range(groups)] for _ in classes] for _ in points]
+            counts = torch.zeros(len(classes), groups, dtype=torch.float64, device=device)
         bad = (y < 0) | (y >= num_outputs)
         if bool(bad.any()):
             raise InvalidArgumentError(
@@ -260,15 +267,21 @@ def stream_class_gradients(
         seen += len(y)
         for ci, c in enumerate(classes):
             sel = y == c
-            n_c = int(sel.sum())
-            if n_c == 0:
+            if not bool(sel.any()):
                 continue
-            counts[ci] += n_c
-            for k, point in enumerate(points):
-                g = class_gradient(model, point, names, x[sel], c, reduction="sum",
-                                   where=f"{point_names[k]}, real examples of class {c}")
-                for acc, gi in zip(sums[k][ci], g):
-                    acc += gi.double()
+            xc = x[sel]
+            group = assign(xc, c) if assign is not None else torch.zeros(len(xc), dtype=torch.long)
+            for j in range(groups):
+                members = (group == j).to(xc.device)
+                n_j = int(members.sum())
+                if n_j == 0:
+                    continue
+                counts[ci, j] += n_j
+                for k, point in enumerate(points):
+                    g = class_gradient(model, point, names, xc[members], c, reduction="sum",
+                                       where=f"{point_names[k]}, real examples of class {c}")
+                    for acc, gi in zip(sums[k][ci][j], g):
+                        acc += gi.double()
             if keep_real:
                 pools[c] = _keep_smallest(pools.get(c, []), keys[sel.cpu()], x[sel].detach().cpu(), keep_real)
         if progress is not None:
@@ -279,14 +292,22 @@ def stream_class_gradients(
         _all_reduce(sums, counts)
         if keep_real:
             pools = _gather_pools(pools, keep_real)
-    empty = [c for ci, c in enumerate(classes) if counts[ci] == 0]
+    per_class = counts.sum(1)
+    empty = [c for ci, c in enumerate(classes) if per_class[ci] == 0]
     if empty:
         raise InvalidArgumentError(f"classes {empty} have no examples in data: nothing to match for them")
-    grads = [[[(acc / counts[ci]).to(points[0][n].dtype) for acc, n in zip(per_class, names)]
-              for ci, per_class in enumerate(per_point)] for per_point in sums]
+    wdtype = [points[0][n].dtype for n in names]
+    grads = [[[(sum(g[i] for g in per_group) / per_class[ci]).to(wdtype[i]) for i in range(len(names))]
+              for ci, per_group in enumerate(per_point)] for per_point in sums]
+    cluster_grads = None
+    if assign is not None:  # an empty group (rare: k-means ties) imitates its whole class
+        cluster_grads = [[[[(g / counts[ci, j]).to(wdtype[i]) if counts[ci, j] > 0 else grads[k][ci][i]
+                            for i, g in enumerate(per_group[j])] for j in range(groups)]
+                          for ci, per_group in enumerate(per_point)] for k, per_point in enumerate(sums)]
     real = {c: torch.stack([x for _, x in pool]) for c, pool in pools.items()}
-    return ClassGradients(classes, list(names), points, grads, counts.cpu().long(), num_outputs,
-                          input_shape, dtype, real, tuple(point_names), trajectory_given)
+    return ClassGradients(classes, list(names), points, grads, per_class.cpu().long(), num_outputs,
+                          input_shape, dtype, real, tuple(point_names), trajectory_given,
+                          cluster_grads, counts.cpu().long() if assign is not None else None)
 
 
 def _validate_classes(classes: Sequence[int], num_outputs: int) -> None:
@@ -302,18 +323,49 @@ def _validate_classes(classes: Sequence[int], num_outputs: int) -> None:
         raise InvalidArgumentError(f"classes must not repeat a class id, got {list(classes)}")
 
 
+def _leaves(nested) -> List[Tensor]:
+    if isinstance(nested, Tensor):
+        return [nested]
+    return [t for item in nested for t in _leaves(item)]
+
+
 def _all_reduce(sums, counts: Tensor) -> None:
     """Sum every gradient sum and the counts over processes in one call."""
-    flat = torch.cat([counts] + [acc.flatten() for per_point in sums for per_class in per_point
-                                 for acc in per_class])
+    tensors = [counts] + _leaves(sums)
+    flat = torch.cat([t.flatten() for t in tensors])
     torch.distributed.all_reduce(flat)
-    counts.copy_(flat[: counts.numel()])
-    offset = counts.numel()
-    for per_point in sums:
-        for per_class in per_point:
-            for acc in per_class:
-                acc.copy_(flat[offset: offset + acc.numel()].view_as(acc))
-                offset += acc.numel()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset: offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def stream_class_features(model: nn.Module, data, classes: Sequence[int], features: Callable[[Tensor], Tensor],
+                          batch_size: int, dtype: torch.dtype, device) -> Dict[int, Tensor]:
+    """``{class: [m, D]}`` features of every example of each class, in the
+    order of the whole dataset (gathered across processes by global index)."""
+    loader, index = make_loader(data, batch_size)
+    found: Dict[int, List[Tensor]] = {c: [] for c in classes}
+    where: Dict[int, List[Tensor]] = {c: [] for c in classes}
+    seen = 0
+    for batch in loader:
+        x, y = split_batch(batch, seen)
+        x, y = x.to(device=device, dtype=dtype), y.to(device)
+        f = features(x).cpu()
+        position = (index[seen:seen + len(y)] if index is not None else torch.arange(seen, seen + len(y)))
+        for c in classes:
+            sel = (y == c).cpu()
+            found[c].append(f[sel])
+            where[c].append(position[sel])
+        seen += len(y)
+    out = {c: (torch.cat(where[c]), torch.cat(found[c])) for c in classes}
+    rank, world = _rank_world()
+    if world > 1:
+        gathered: List[Optional[Dict]] = [None] * world
+        torch.distributed.all_gather_object(gathered, out)
+        out = {c: (torch.cat([part[c][0] + (0 if index is not None else r * 10**12) for r, part in enumerate(gathered)]),
+                   torch.cat([part[c][1] for part in gathered])) for c in classes}
+    return {c: f[torch.argsort(pos)] for c, (pos, f) in out.items()}
 
 
 def _gather_pools(pools: Dict[int, List], m: int) -> Dict[int, List]:

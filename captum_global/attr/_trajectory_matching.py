@@ -35,10 +35,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from captum_global.attr.classwise_types import WeightPoint
+from captum_global._checks import check_finite_output
+from captum_global.attr.classwise_types import ClassGradients, WeightPoint
 from captum_global.errors import InvalidArgumentError
 
-__all__ = ["check_trajectory", "run_trajectory_matching", "student_distance", "trajectory_starts"]
+__all__ = ["check_trajectory", "run_trajectory_matching", "student_distance", "trajectory_mode", "trajectory_starts"]
 
 _TINY = 1e-30
 
@@ -148,3 +149,33 @@ def run_trajectory_matching(model: nn.Module, points: Sequence[WeightPoint], nam
         schedule.step()
         param.project(leaf)
     return param.decode(leaf).detach(), log_scales.detach(), history
+
+
+def trajectory_mode(model: nn.Module, rg: ClassGradients, start: Tensor, *, gap: int, steps: int, batch,
+                    step_scale: float, learn_scale: bool, iterations: int, lr, prior, param, augment,
+                    generator: torch.Generator, progress: bool):
+    """Trajectory matching along ``rg.points``; returns the images ``[C, n, ...]``,
+    the objective per iteration and the result's trajectory fields."""
+    check_trajectory(rg.points, rg.names, gap, rg.point_names)
+    n = start.shape[1]
+    labels = torch.tensor(rg.classes, device=start.device).repeat_interleave(n)
+    log_scales = torch.full((len(rg.names),), float(step_scale), dtype=start.dtype, device=start.device).log()
+
+    def check(logits: Tensor, where: str) -> None:
+        check_finite_output(logits.detach(), "ClassWiseSynthesis", f"{where} of the student")
+
+    def distances(images: Tensor, scales: Tensor) -> Tensor:
+        fixed = torch.Generator().manual_seed(0)  # the same minibatches for start and end
+        return torch.stack([
+            student_distance(model, rg.points[t], rg.points[t + gap], rg.names, images.flatten(0, 1), labels,
+                             scales, steps, batch, fixed, None, check, create_graph=False).detach()
+            for t in trajectory_starts(len(rg.points), gap)])
+
+    flat, learnt, history = run_trajectory_matching(
+        model, rg.points, rg.names, start.flatten(0, 1), labels, log_scales, gap=gap, steps=steps, batch=batch,
+        iterations=iterations, lr=lr, learn_lr=learn_scale, prior=prior, param=param, augment=augment,
+        check=check, generator=generator, progress=progress)
+    images = flat.view_as(start)
+    info = dict(initial_trajectory_distances=distances(start, log_scales),
+                trajectory_distances=distances(images, learnt), step_scale=learnt.exp())
+    return images, history, info

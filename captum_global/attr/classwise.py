@@ -45,6 +45,7 @@ from captum_global._seeding import check_seed, cuda_devices, make_generator, see
 from captum_global.attr import _classwise_parts as parts
 from captum_global.attr._batchnorm_stats import fill_population_statistics, untracked_batchnorms
 from captum_global.attr._checkpoints import resolve_checkpoints
+from captum_global.attr._class_modes import cluster_assigner
 from captum_global.attr._image_parametrization import Parametrization
 from captum_global.attr._gradient_matching import (
     make_loader,
@@ -52,12 +53,7 @@ from captum_global.attr._gradient_matching import (
     split_batch,
     stream_class_gradients,
 )
-from captum_global.attr._trajectory_matching import (
-    check_trajectory,
-    run_trajectory_matching,
-    student_distance,
-    trajectory_starts,
-)
+from captum_global.attr._trajectory_matching import trajectory_mode
 from captum_global.attr.classwise_types import ClassGradients, ClassWiseResult
 from captum_global.errors import InvalidArgumentError
 
@@ -127,20 +123,24 @@ class ClassWiseSynthesis(Attribution):
         real_examples: int = 0,
         seed: Optional[int] = 0,
         show_progress: bool = False,
+        clusters: int = 1,
     ) -> ClassGradients:
         """The fixed targets: one streaming pass over ``data``.
 
         Pass the result as ``data`` to :meth:`attribute` to run several
         syntheses (different ``images_per_class``, ``iterations``, modes) on
         one pass. ``real_examples`` real inputs per class are kept (a seeded
-        random choice) for ``init="real"`` and figures. Arguments as in
-        :meth:`attribute`.
+        random choice) for ``init="real"`` and figures. ``clusters`` > 1
+        also splits each class into that many groups (``match="clusters"``
+        of :meth:`attribute`; one more forward pass over the data). Other
+        arguments as in :meth:`attribute`.
         """
         model = self.forward_func
         parts.check_model(model)
         parts.check_data(data)
         check_int(batch_size, "batch_size", minimum=1)
         check_int(real_examples, "real_examples", minimum=0)
+        clusters = check_int(clusters, "clusters", minimum=1)
         seed = check_seed(seed)
         classes = parts.format_classes(classes)
         names = matched_parameter_names(model, parameters)
@@ -156,10 +156,13 @@ class ClassWiseSynthesis(Attribution):
 
                 points = [fill_population_statistics(model, p, inputs) if untracked_batchnorms(model, p) else p
                           for p in points]
+            assign = None
+            if clusters > 1:
+                assign = cluster_assigner(model, data, classes, clusters, batch_size, seed)
             bar = tqdm(desc="real gradients", unit="batch") if parts.show(show_progress) else None
             try:
                 return stream_class_gradients(model, data, classes, names, points, batch_size,
-                                              real_examples, seed, bar, labels, given)
+                                              real_examples, seed, bar, labels, given, assign, clusters)
             finally:
                 if bar is not None:
                     bar.close()
@@ -202,6 +205,7 @@ class ClassWiseSynthesis(Attribution):
         value_range: Optional[Tuple[float, float]] = (0.0, 1.0),
         augment: Optional[Callable[[Tensor], Tensor]] = None,
         parametrization: str = "pixels",
+        match: str = "class",
         checkpoints_per_iteration: Optional[int] = None,
         student_steps: int = 10,
         checkpoint_gap: int = 1,
@@ -225,9 +229,13 @@ class ClassWiseSynthesis(Attribution):
                         Inputs must be floating point and finite.
             classes (list of int, optional): class ids to synthesise. Default: all.
             images_per_class (int): ``n``, synthetic inputs per class.
-            init (str): ``"noise"`` (mid-grey plus uniform noise of 10% of
-                        ``value_range``) or ``"real"`` (a seeded random choice
-                        of real examples of the class).
+            init (str or Tensor): ``"noise"`` (mid-grey plus uniform noise of
+                        10% of ``value_range``; 1/f noise with the spectrum
+                        parametrisation), ``"real"`` (a seeded random choice of
+                        real examples of the class) or the starting inputs
+                        themselves: ``[n, *input_shape]`` (the same start for
+                        every class, so that each set's change says what turns
+                        them into its class) or ``[C, n, *input_shape]``.
             mode (str): ``"gradient"`` (match the class-mean training gradient
                         at every checkpoint) or ``"trajectory"`` (match where a
                         few training steps on the synthetic set lead, checkpoint
@@ -262,6 +270,15 @@ class ClassWiseSynthesis(Attribution):
                         synthetic batch before every forward pass of the
                         optimisation (the real side is not augmented). It may
                         draw from the global RNG: it runs seeded by ``seed``.
+            match (str): gradient mode: ``"class"`` (the set's mean gradient
+                        imitates the whole class) or ``"clusters"`` (the class's
+                        real examples are split into ``images_per_class`` groups,
+                        k-means of the features the model's last linear layer
+                        reads, and input j imitates group j: a class made of
+                        several populations, e.g. another class's images under
+                        noisy labels or triggered images under a backdoor, gets
+                        an input for each; ``result.cluster_sizes`` says how many
+                        real examples each input stands for).
             parametrization (str): ``"pixels"`` (optimise the inputs) or
                         ``"spectrum"`` (optimise their Fourier coefficients
                         scaled by 1/frequency, as in feature visualisation:
@@ -302,7 +319,7 @@ class ClassWiseSynthesis(Attribution):
         parts.check_data(data)
         priors, value_range = parts.check_options(optimizer, lr, init, distance, images_per_class, iterations,
                                                   priors, value_range, augment, momentum, mode,
-                                                  parametrization)
+                                                  parametrization, match)
         check_int(real_examples, "real_examples", minimum=0)
         check_int(student_steps, "student_steps", minimum=1)
         check_int(checkpoint_gap, "checkpoint_gap", minimum=1)
@@ -313,12 +330,18 @@ class ClassWiseSynthesis(Attribution):
         check_number(step_scale, "step_scale", 0.0, min_inclusive=False)
         learn_step_scale = check_bool(learn_step_scale, "learn_step_scale")
         seed = check_seed(seed)
-        keep = max(images_per_class if init == "real" else 0, real_examples)
+        keep = max(images_per_class if isinstance(init, str) and init == "real" else 0, real_examples)
         if isinstance(data, ClassGradients):
             rg = parts.select(data, classes, parameters, checkpoints, keep)
         else:
             rg = self.real_class_gradients(data, classes, parameters, checkpoints, batch_size, keep, seed,
-                                           show_progress)
+                                           show_progress, images_per_class if match == "clusters" else 1)
+        groups = 1 if rg.cluster_counts is None else rg.cluster_counts.shape[1]
+        if (match == "clusters") != (rg.cluster_grads is not None) or (match == "clusters" and groups != images_per_class):
+            raise InvalidArgumentError(
+                f"data holds ClassGradients with {groups} group(s) per class: pass match="
+                f"{'clusters' if rg.cluster_grads is not None else 'class'!r}"
+                + (f" and images_per_class={groups}" if rg.cluster_grads is not None else ""))
         device = rg.points[0][rg.names[0]].device
         param = Parametrization(parametrization, tuple(rg.input_shape), value_range, device, rg.dtype)
         start = parts.initial_images(rg, images_per_class, init, param, seed).to(device)
@@ -334,9 +357,11 @@ class ClassWiseSynthesis(Attribution):
                     momentum=momentum, priors=priors, param=param, augment=augment_fn,
                     per_iteration=checkpoints_per_iteration, generator=gen, progress=progress)
             else:
-                images, history, trajectory_info = self._trajectory(
-                    rg, start, checkpoint_gap, student_steps, student_batch, step_scale, learn_step_scale,
-                    iterations, lr, priors, param, augment_fn, gen, progress)
+                images, history, trajectory_info = trajectory_mode(
+                    model, rg, start, gap=checkpoint_gap, steps=student_steps, batch=student_batch,
+                    step_scale=step_scale, learn_scale=learn_step_scale, iterations=iterations, lr=lr,
+                    prior=lambda x: parts.prior(x, priors, param.value_range), param=param, augment=augment_fn,
+                    generator=gen, progress=progress)
             with torch.no_grad():
                 logits = model(images.flatten(0, 1))
             check_finite_output(logits, "ClassWiseSynthesis", "the synthetic inputs")
@@ -361,37 +386,9 @@ class ClassWiseSynthesis(Attribution):
             distances=final,
             real_examples={c: rg.real_examples[c][:real_examples] for c in rg.classes} if real_examples else {},
             note=parts.note(rg),
+            cluster_sizes=rg.cluster_counts,
             **trajectory_info,
         )
-
-    def _trajectory(self, rg: ClassGradients, start: Tensor, gap: int, steps: int, batch, step_scale: float,
-                    learn_scale: bool, iterations: int, lr, priors, param, augment, gen, progress):
-        """Trajectory matching on targets ``rg``; returns images, history and result fields."""
-        model = self.forward_func
-        check_trajectory(rg.points, rg.names, gap, rg.point_names)
-        n = start.shape[1]
-        labels = torch.tensor(rg.classes, device=start.device).repeat_interleave(n)
-        log_scales = torch.full((len(rg.names),), float(step_scale), dtype=start.dtype, device=start.device).log()
-
-        def check(logits: Tensor, where: str) -> None:
-            check_finite_output(logits.detach(), "ClassWiseSynthesis", f"{where} of the student")
-
-        def distances(images: Tensor, scales: Tensor) -> Tensor:
-            eval_gen = make_generator(0)
-            return torch.stack([
-                student_distance(model, rg.points[t], rg.points[t + gap], rg.names, images.flatten(0, 1), labels,
-                                 scales, steps, batch, eval_gen, None, check, create_graph=False).detach()
-                for t in trajectory_starts(len(rg.points), gap)])
-
-        flat, learnt, history = run_trajectory_matching(
-            model, rg.points, rg.names, start.flatten(0, 1), labels, log_scales, gap=gap, steps=steps, batch=batch,
-            iterations=iterations, lr=lr, learn_lr=learn_scale,
-            prior=lambda x: parts.prior(x, priors, param.value_range), param=param, augment=augment,
-            check=check, generator=gen, progress=progress)
-        images = flat.view_as(start)
-        info = dict(initial_trajectory_distances=distances(start, log_scales),
-                    trajectory_distances=distances(images, learnt), step_scale=learnt.exp())
-        return images, history, info
 
 
 class _autograd_on:

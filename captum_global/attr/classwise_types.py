@@ -37,6 +37,10 @@ class ClassGradients:
         point_names: a label per point (``"model"``, ``"checkpoints[3]"``,
             a file name...).
         trajectory_given: False when only the model's own weights were used.
+        cluster_grads: with ``match="clusters"``: ``cluster_grads[k][c][j]``
+            the mean gradient (list over ``names``) of group ``j`` of class
+            ``classes[c]`` at point k; else None.
+        cluster_counts: ``[C, n]`` real examples in each group, or None.
     """
 
     classes: Tuple[int, ...]
@@ -50,6 +54,8 @@ class ClassGradients:
     real_examples: Dict[int, Tensor] = field(default_factory=dict)
     point_names: Tuple[str, ...] = ("model",)
     trajectory_given: bool = False
+    cluster_grads: Optional[List[List[List[List[Tensor]]]]] = None
+    cluster_counts: Optional[Tensor] = None
 
 
 @dataclass
@@ -86,6 +92,8 @@ class ClassWiseResult:
         real_examples: ``{class: [m, *input_shape]}`` a few real examples per
             class (for figures; empty unless requested).
         note: what a reader must know (e.g. that no trajectory was given).
+        cluster_sizes: with ``match="clusters"``: ``[C, n]`` the number of
+            real examples of the group each synthetic input imitates; else None.
     """
 
     images: Tensor
@@ -107,6 +115,7 @@ class ClassWiseResult:
     step_scale: Optional[Tensor] = None
     real_examples: Dict[int, Tensor] = field(default_factory=dict)
     note: str = ""
+    cluster_sizes: Optional[Tensor] = None
 
     def as_dict(self) -> Dict[int, Tensor]:
         """``{class id: [n, *input_shape] synthetic inputs}``."""
