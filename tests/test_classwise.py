@@ -585,3 +585,22 @@ def test_clusters_split_a_class_into_its_populations():
         method.attribute(data, mode="trajectory", match="clusters", iterations=1)
     with pytest.raises(InvalidArgumentError, match="has only 12 examples"):
         method.attribute(data, images_per_class=13, match="clusters", iterations=1)
+
+
+def test_classwise_sets_figure_draws_sets_changes_and_real_examples():
+    from captum_global import viz
+
+    gen = torch.Generator().manual_seed(0)
+    sets, start, real = (torch.rand(2, n, 3, 8, 8, generator=gen) for n in (3, 3, 2))
+    fig = viz.classwise_sets_figure(sets, ["a", "b"], real_examples=real, initial_images=start,
+                                    captions=[["x", "y", "z"], ["1", "2", "3"]], stretch=True)
+    axes = fig.axes
+    assert len(axes) == 2 * (3 + 1 + 3 + 1 + 2)
+    first = axes[0].images[0].get_array()
+    stretched = (sets[0, 0] - sets[0, 0].min()) / (sets[0, 0].max() - sets[0, 0].min())
+    assert np.allclose(first, stretched.permute(1, 2, 0).numpy(), atol=1e-6)
+    change = axes[4].images[0].get_array()  # after the 3 synthetic images and a gap
+    assert np.allclose(change, (sets[0, 0] - start[0, 0]).abs().sum(0).numpy(), atol=1e-6)
+    assert axes[0].get_title() == "x" and axes[8].get_title() == "real"
+    import matplotlib.pyplot as plt
+    plt.close(fig)
