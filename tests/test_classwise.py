@@ -50,9 +50,9 @@ def labelled(n=24, classes=3, size=6, dtype=torch.float32, seed=0):
     return TensorDataset(x.clamp(0, 1), y)
 
 
-def trained(data, classes=3, steps=60, every=None):
+def trained(data, classes=3, steps=60, every=None, act=nn.ReLU):
     """A tiny model trained on ``data``; with ``every``, also its trajectory."""
-    model = tiny(classes)
+    model = tiny(classes, act=act)
     x, y = data.tensors
     opt = torch.optim.Adam(model.parameters(), 0.05)
     trajectory = [copy.deepcopy(model.state_dict())]
@@ -564,7 +564,7 @@ def test_clusters_split_a_class_into_its_populations():
     first = (y == 0).nonzero().flatten()[:4]  # 4 of the 12 class-0 images are bright in channel 0
     x[first, 0] += 0.7
     data = TensorDataset(x, y)
-    model = trained(data, steps=80)
+    model = trained(data, steps=80, act=nn.Tanh)  # no dead units: the penultimate features tell the two apart
     method = ClassWiseSynthesis(model)
     rg = method.real_class_gradients(data, clusters=2, batch_size=5)
     assert rg.cluster_counts.tolist()[0] in ([4, 8], [8, 4]) and rg.cluster_counts.sum(1).tolist() == [12, 12, 12]
