@@ -2,9 +2,11 @@
 
 For each architecture (the zoo's ``{arch}_clean`` model and its training
 trajectory), noise-initialised synthetic sets of 1 and 10 images per class,
-made three ways: gradient matching at the final weights only (the method
-without a trajectory), gradient matching at every checkpoint, and
-trajectory matching. For each set:
+made four ways: gradient matching at the final weights only (the method
+without a trajectory), gradient matching at every checkpoint (one drawn
+per iteration), the same with each image imitating one group of its class
+(``match="clusters"``), and trajectory matching. All use the spectral
+parametrisation and random shifts and flips. For each set:
 
 - agreement: the model's prediction and softmax confidence on each image;
 - matching: the gradient-matching distance per checkpoint at the start and
@@ -35,7 +37,9 @@ from captum_global.world import CLASS_NAMES, make_dataset, zoo_entry
 
 from benchmarks import classwise_common as common
 
-RUNS = {"final": ("gradient", False), "gradient": ("gradient", True), "trajectory": ("trajectory", True)}
+# run name -> (mode, along the trajectory, match)
+RUNS = {"final": ("gradient", False, "class"), "gradient": ("gradient", True, "class"),
+        "clusters": ("gradient", True, "clusters"), "trajectory": ("trajectory", True, "class")}
 
 
 def condensation(arch: str, sets: Dict[str, torch.Tensor], classes, test, args, init) -> Dict[str, Dict]:
@@ -60,14 +64,15 @@ def main(argv=None) -> None:
     parser.add_argument("--archs", nargs="+", default=["vgg", "resnet"])
     parser.add_argument("--ipc", nargs="+", type=int, default=[1, 10])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--iterations", type=int, default=60)
-    parser.add_argument("--checkpoints-per-iteration", type=int, default=None)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--checkpoints-per-iteration", type=int, default=1)
     parser.add_argument("--student-steps", type=int, default=5)
+    parser.add_argument("--student-batch", type=int, default=25)
     parser.add_argument("--n-data", type=int, default=500, help="real examples explained (balanced)")
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--train-steps", type=int, default=300, help="fresh model, random initialisation")
     parser.add_argument("--replay-steps", type=int, default=189, help="fresh model from the trajectory's start")
-    parser.add_argument("--train-seeds", type=int, default=2)
+    parser.add_argument("--train-seeds", type=int, default=1)
     parser.add_argument("--draws", type=int, default=2, help="random real subsets per size")
     parser.add_argument("--condensation", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=7)
@@ -83,16 +88,23 @@ def main(argv=None) -> None:
         data = common.explained_data(entry.name, args.n_data, args.seed)
         method = ClassWiseSynthesis(model)
         targets = {along: method.real_class_gradients(data, checkpoints=trajectory if along else None,
-                                                      real_examples=max(args.ipc), batch_size=250)
+                                                      real_examples=max(args.ipc + [3]), batch_size=250)
                    for along in sorted({RUNS[r][1] for r in args.runs})}
         for n in args.ipc:
             sets, per_run = {}, {}
             for run in args.runs:
-                mode, along = RUNS[run]
+                mode, along, match = RUNS[run]
+                if match == "clusters" and n == 1:
+                    continue  # one group per class is the class itself
                 t0 = time.perf_counter()
-                r = common.synthesise(model, targets[along], None, n, mode, args.iterations, args.seed,
+                source = targets[along]
+                if match == "clusters":
+                    source = method.real_class_gradients(data, checkpoints=trajectory, real_examples=3,
+                                                         batch_size=250, clusters=n)
+                r = common.synthesise(model, source, None, n, mode, args.iterations, args.seed, match=match,
                                       checkpoints_per_iteration=args.checkpoints_per_iteration,
-                                      student_steps=args.student_steps, real_examples=3)
+                                      student_steps=args.student_steps, student_batch=args.student_batch,
+                                      real_examples=3)
                 seconds = time.perf_counter() - t0
                 own = torch.tensor(r.classes).view(-1, 1)
                 along_d = method.matching_distance(r.images, targets[True], per_checkpoint=True) if True in targets else None
@@ -108,9 +120,14 @@ def main(argv=None) -> None:
                                  initial_trajectory_distance=None if r.initial_trajectory_distances is None else
                                  [float(v) for v in r.initial_trajectory_distances]))
                 print({k: v for k, v in rows[-1].items()}, flush=True)
-            classes = per_run[args.runs[0]].classes
+            classes = next(iter(per_run.values())).classes
             reals = common.random_real_sets(data, classes, n, args.draws, seed=args.seed + 1)
             real_d = [method.matching_distance(s, targets[max(targets)], per_checkpoint=True).sum(1) for s in reals]
+            real_t = []  # how close a student trained on real data gets to the next checkpoint
+            if "trajectory" in args.runs:
+                real_t = [method.attribute(targets[True], images_per_class=n, init=s, mode="trajectory", iterations=0,
+                                           student_steps=args.student_steps, student_batch=args.student_batch,
+                                           value_range=None).initial_trajectory_distances.tolist() for s in reals]
             for i, s in enumerate(reals):
                 sets[f"random real {i + 1}"] = s
             acc = condensation(arch, sets, classes, test, args, trajectory[0]) if args.condensation else {}
@@ -118,13 +135,14 @@ def main(argv=None) -> None:
                 if row["arch"] == arch and row["images_per_class"] == n and "run" in row:
                     row["condensation"] = acc.get(row["run"])
             rows.append(dict(arch=arch, images_per_class=n, random_real_distance=[[float(v) for v in d] for d in real_d],
+                             random_real_trajectory_distance=real_t,
                              random_real_condensation=[acc.get(f"random real {i + 1}") for i in range(len(reals))]))
-            show = per_run.get("gradient", per_run[args.runs[0]])
+            show = per_run.get("gradient", next(iter(per_run.values())))
             figure = viz.classwise_sets_figure(
                 show.images, list(CLASS_NAMES), real_examples=torch.stack([show.real_examples[c] for c in classes]),
-                confidence=show.confidence,
+                confidence=show.confidence, stretch=True,
                 title=f"{entry.name}: {n} synthetic image(s) per class ({show.mode} matching along "
-                      f"{len(show.trajectory)} checkpoints, from noise), then real examples")
+                      f"{len(show.trajectory)} checkpoints, from noise; contrast stretched), then real examples")
             viz.save(figure, common.FIGURES / f"classwise_{arch}_{n}.png")
     seconds = time.perf_counter() - start
     common.write(args.out, "Class-wise synthesis: fidelity on the clean reference models",
@@ -133,30 +151,38 @@ def main(argv=None) -> None:
 
 def table(rows: List[Dict], args) -> List[str]:
     lines = ["Chance is 0.20. `final`: gradient matching at the final weights only; `gradient`: at every "
-             "checkpoint of the trajectory; `trajectory`: trajectory matching. Distances are the "
+             "checkpoint of the trajectory; `clusters`: the same, each image imitating one group of its class; "
+             "`trajectory`: trajectory matching. Distances are the "
              "gradient-matching distance summed over classes and checkpoints (of the weights each run "
-             "matched). Fresh models: random initialisation, augmented views, "
+             "matched); the trajectory distance (mean over starts; 1 = no closer than staying at the start) of "
+             "a random real subset is that of a student trained on it. Fresh models: random initialisation, augmented views, "
              f"{args.train_steps} steps, mean over {args.train_seeds} seeds; and the trajectory's initialisation, "
              f"no augmentation, {args.replay_steps} steps (the reference training's optimiser).", "",
-             "| arch | n/class | set | agreement | conf. mean (min) | distance start -> end | fresh model, "
-             "random init | fresh model, trajectory's init | s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| arch | n/class | set | agreement | conf. mean (min) | distance start -> end | trajectory distance "
+             "start -> end | fresh model, random init | fresh model, trajectory's init | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "run" in r:
             c = r.get("condensation") or {}
             ri = c.get("random_init")
+            td = "-"
+            if r["trajectory_distance"] is not None:
+                td = (f"{sum(r['initial_trajectory_distance']) / len(r['initial_trajectory_distance']):.3f} -> "
+                      f"{sum(r['trajectory_distance']) / len(r['trajectory_distance']):.3f}")
             lines.append(
                 f"| {r['arch']} | {r['images_per_class']} | {r['run']} | {r['agreement']:.2f} | "
                 f"{r['confidence_mean']:.3f} ({r['confidence_min']:.3f}) | {sum(r['distance_initial']):.0f} -> "
-                f"{sum(r['distance_final']):.0f} | {'-' if ri is None else f'{sum(ri) / len(ri):.3f}'} | "
+                f"{sum(r['distance_final']):.0f} | {td} | {'-' if ri is None else f'{sum(ri) / len(ri):.3f}'} | "
                 f"{'-' if 'trajectory_init' not in c else format(c['trajectory_init'], '.3f')} | {r['seconds']:.0f} |")
         else:
             for i, c in enumerate(r["random_real_condensation"]):
                 if c is None:
                     continue
                 ri = c["random_init"]
+                rt = r["random_real_trajectory_distance"]
+                td = f"{sum(rt[i]) / len(rt[i]):.3f}" if rt else "-"
                 lines.append(f"| {r['arch']} | {r['images_per_class']} | random real {i + 1} | - | - | "
-                             f"{sum(r['random_real_distance'][i]):.0f} | {sum(ri) / len(ri):.3f} | "
+                             f"{sum(r['random_real_distance'][i]):.0f} | {td} | {sum(ri) / len(ri):.3f} | "
                              f"{c['trajectory_init']:.3f} | - |")
     return lines
 

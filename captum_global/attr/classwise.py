@@ -330,9 +330,10 @@ class ClassWiseSynthesis(Attribution):
         check_number(step_scale, "step_scale", 0.0, min_inclusive=False)
         learn_step_scale = check_bool(learn_step_scale, "learn_step_scale")
         seed = check_seed(seed)
-        keep = max(images_per_class if isinstance(init, str) and init == "real" else 0, real_examples)
-        if isinstance(data, ClassGradients):
-            rg = parts.select(data, classes, parameters, checkpoints, keep)
+        real_init = isinstance(init, str) and init == "real"
+        keep = max(images_per_class if real_init else 0, real_examples)
+        if isinstance(data, ClassGradients):  # the real examples it kept are all there are
+            rg = parts.select(data, classes, parameters, checkpoints, images_per_class if real_init else 0)
         else:
             rg = self.real_class_gradients(data, classes, parameters, checkpoints, batch_size, keep, seed,
                                            show_progress, images_per_class if match == "clusters" else 1)
@@ -384,7 +385,8 @@ class ClassWiseSynthesis(Attribution):
             checkpoint_names=rg.point_names,
             initial_distances=initial,
             distances=final,
-            real_examples={c: rg.real_examples[c][:real_examples] for c in rg.classes} if real_examples else {},
+            real_examples={c: rg.real_examples[c][:real_examples] for c in rg.classes if c in rg.real_examples}
+            if real_examples else {},
             note=parts.note(rg),
             cluster_sizes=rg.cluster_counts,
             **trajectory_info,
