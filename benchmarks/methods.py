@@ -43,6 +43,8 @@ from captum.attr import FeatureAblation, Saliency
 from torch import Tensor, nn
 
 from benchmarks.rise import RISE
+from captum_global._targets import parse_target
+from captum_global.errors import InvalidArgumentError
 from captum_global.lineup import LINEUP, last_spatial_layer
 
 __all__ = ["LayerInfo", "register", "available", "get_factory", "BASELINES", "pick_cam_layer", "grid_feature_mask"]
@@ -78,8 +80,12 @@ _REGISTRY: Dict[str, Factory] = {}
 
 def register(name: str, factory: Factory, overwrite: bool = False) -> None:
     """Add a method under ``name``; refuses to replace one unless ``overwrite``."""
+    if not isinstance(name, str) or not name or "," in name:
+        raise InvalidArgumentError(f"name must be a non-empty string without commas, got {name!r}")
+    if not callable(factory):
+        raise InvalidArgumentError(f"factory must be callable (model, layer_info) -> explain, got {factory!r}")
     if name in _REGISTRY and not overwrite:
-        raise ValueError(f"a method named {name!r} is already registered")
+        raise InvalidArgumentError(f"a method named {name!r} is already registered")
     _REGISTRY[name] = factory
 
 
@@ -90,7 +96,7 @@ def available() -> List[str]:
 
 def get_factory(name: str) -> Factory:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; registered: {', '.join(_REGISTRY)}")
+        raise InvalidArgumentError(f"unknown method {name!r}; registered: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 
@@ -117,7 +123,7 @@ def _from_lineup(spec_name: str) -> Factory:
 
     def factory(model, info):
         if info.example is None:
-            raise ValueError(f"{spec_name} is built from an example input: LayerInfo.example is None")
+            raise InvalidArgumentError(f"{spec_name} is built from an example input: LayerInfo.example is None")
         return build(model, info.example)
 
     return factory
@@ -142,7 +148,7 @@ def _grad_cam_package(cls_name: str) -> Factory:
         cls = getattr(pytorch_grad_cam, cls_name)
 
         def explain(x, t):
-            targets = [ClassifierOutputTarget(int(c)) for c in torch.as_tensor(t).reshape(-1).expand(x.shape[0])]
+            targets = [ClassifierOutputTarget(c) for c in parse_target(t, x.shape[0]).classes()]
             # The CAM object hooks the layer when built: build and release it
             # per call so its hooks never run during another method.
             with cls(model=model, target_layers=[info.layer]) as cam:

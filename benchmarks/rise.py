@@ -17,11 +17,18 @@ chunk index, so the map does not depend on ``batch_size`` and never needs
 all ``n_masks`` full-size masks in memory at once.
 """
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from captum_global._checks import check_int, check_number, check_tensor
+from captum_global._model_state import preserved_model_state
+from captum_global._scoring import iter_scores
+from captum_global._seeding import check_seed, make_generator
+from captum_global._targets import parse_target
+from captum_global.errors import InvalidArgumentError
 
 __all__ = ["RISE", "rise_masks"]
 
@@ -46,14 +53,22 @@ def rise_masks(n: int, height: int, width: int, s: int = 7, p1: float = 0.5,
 class RISE:
     r"""Randomized Input Sampling for Explanation (baseline implementation).
 
+    The masked inputs are scored with the package's chunked scorer, so the
+    target rules (Captum's), the handling of per-example forward arguments
+    and the refusal of NaN model outputs are those of every other method;
+    the model runs in eval mode and is handed back as found.
+
     Args:
         forward_func (Callable): the model, returning ``[N, classes]`` logits
             (softmax is applied) or probabilities (``apply_softmax=False``).
         n_masks (int): number of masks. Default: 4000 (the paper's).
         s (int): grid cells per side. Default: 7.
-        p1 (float): probability that a cell is kept. Default: 0.5.
-        batch_size (int): masked inputs per model call. Default: 64.
+        p1 (float): probability that a cell is kept, in (0, 1]. Default: 0.5.
+        batch_size (int): masked inputs per model call; never changes the
+            result. Default: 64.
         seed (int): mask seed. Default: 0.
+        apply_softmax (bool): score the softmax probability (the paper) or
+            the raw output. Default: True.
 
     Examples::
 
@@ -66,31 +81,42 @@ class RISE:
 
     def __init__(self, forward_func: Callable, n_masks: int = 4000, s: int = 7, p1: float = 0.5,
                  batch_size: int = 64, seed: int = 0, apply_softmax: bool = True) -> None:
-        if n_masks < 1 or s < 1 or not 0 < p1 <= 1 or batch_size < 1:
-            raise ValueError("n_masks, s and batch_size must be positive and p1 in (0, 1]")
-        self.forward_func, self.n_masks, self.s, self.p1 = forward_func, n_masks, s, p1
-        self.batch_size, self.seed, self.apply_softmax = batch_size, seed, apply_softmax
+        if not callable(forward_func):
+            raise InvalidArgumentError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        self.forward_func = forward_func
+        self.n_masks = check_int(n_masks, "n_masks", minimum=1)
+        self.s = check_int(s, "s", minimum=1)
+        self.p1 = check_number(p1, "p1", 0.0, 1.0, min_inclusive=False)
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.seed = check_seed(seed, allow_none=False)
+        self.apply_softmax = bool(apply_softmax)
 
-    @torch.no_grad()
-    def attribute(self, inputs: Tensor, target=None) -> Tensor:
-        """RISE maps ``[N, 1, H, W]`` for ``target`` (int, list or tensor)."""
-        n, _, h, w = inputs.shape
-        targets = torch.as_tensor(target, dtype=torch.long, device=inputs.device).reshape(-1)
-        if targets.numel() == 1:
-            targets = targets.expand(n)
-        if targets.numel() != n:
-            raise ValueError(f"target must be an int or hold one class per example ({n}), got {targets.numel()}")
-        saliency = torch.zeros(n, 1, h, w, device=inputs.device)
+    def masks(self, height: int, width: int) -> Iterator[Tensor]:
+        """The masks, chunk by chunk (``[m, 1, height, width]``, at most 100 each), in scoring order."""
         for chunk, start in enumerate(range(0, self.n_masks, _CHUNK)):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + chunk)
-            masks = rise_masks(min(_CHUNK, self.n_masks - start), h, w, self.s, self.p1, g).to(inputs.device)
-            m = masks.shape[0]
-            # Flat index over (mask, example) pairs, scored batch_size at a time.
-            for i in range(0, m * n, self.batch_size):
-                flat = torch.arange(i, min(i + self.batch_size, m * n), device=inputs.device)
-                mi, ex = flat // n, flat % n
-                out = self.forward_func(inputs[ex] * masks[mi])
-                prob = out.softmax(1) if self.apply_softmax else out
-                p = prob.gather(1, targets[ex].unsqueeze(1)).view(-1, 1, 1, 1)
-                saliency.index_add_(0, ex, p * masks[mi])
+            generator = make_generator(self.seed * 1_000_003 + chunk)
+            yield rise_masks(min(_CHUNK, self.n_masks - start), height, width, self.s, self.p1, generator)
+
+    def attribute(self, inputs: Tensor, target: Any = None, additional_forward_args: Any = None) -> Tensor:
+        """RISE maps ``[N, 1, H, W]`` for ``target`` (any Captum target format)."""
+        x = check_tensor(inputs, "inputs", dims=(4,), floating=True).detach()
+        n, _, h, w = x.shape
+        targets = parse_target(target, n)
+        transform = (lambda out: out.softmax(dim=1)) if self.apply_softmax else None
+        saliency = torch.zeros(n, 1, h, w, device=x.device)
+        with preserved_model_state(self.forward_func):
+            for masks in self.masks(h, w):
+                masks = masks.to(x.device, x.dtype)
+
+                # Flat index over (mask, example) pairs, example fastest.
+                def build(flat: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+                    flat = flat.to(x.device)
+                    mask_index, example = flat // n, flat % n
+                    return x[example] * masks[mask_index], example, mask_index
+
+                for chunk in iter_scores(self.forward_func, masks.shape[0] * n, build, targets,
+                                         additional_forward_args, transform, chunk_size=self.batch_size,
+                                         chunk_argument="batch_size", what="RISE"):
+                    weighted = chunk.scores.view(-1, 1, 1, 1).to(saliency.dtype) * masks[chunk.payload]
+                    saliency.index_add_(0, chunk.examples, weighted.to(saliency.dtype))
         return saliency / (self.n_masks * self.p1)

@@ -7,7 +7,7 @@ mIoU; when the data has object masks), the model-truth metrics (Average
 Drop %, Increase in Confidence %, insertion and deletion AUC), the mean wall
 time per image, its ratio to one plain forward pass of the same model at
 the same batch size (measured in the same run), the model evaluations per
-image and the peak memory. See docs/benchmarks.md.
+image and the peak memory. See docs/measurements/benchmark.md.
 """
 import argparse
 import json
@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from benchmarks.measure import EvaluationCounter, forward_time, peak_memory
 from benchmarks.methods import BASELINES, LayerInfo, available, get_factory, pick_cam_layer
 from benchmarks.workloads import MODEL_CHOICES, Workload, load_workload
+from captum_global._checks import check_bool, check_int
+from captum_global.errors import InvalidArgumentError
 from captum_global.metrics import (
     bbox_accuracy,
     deletion_auc,
@@ -127,9 +129,16 @@ def run_benchmark(models: Sequence[str] = ("vgg", "resnet"), methods: Sequence[s
         torch.set_num_threads(threads)
     start = time.perf_counter()
     dev = torch.device(device)
+    if isinstance(methods, str):
+        raise InvalidArgumentError(f"methods must be a list of method names, got the string {methods!r}")
     unknown = [m for m in methods if m not in available()]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; registered: {available()}")
+    if unknown or not methods:
+        raise InvalidArgumentError(f"unknown methods {unknown or methods!r}; registered: {available()}")
+    n_images = check_int(n_images, "n_images", minimum=1)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    quick = check_bool(quick, "quick")
+    n_steps = None if n_steps is None else check_int(n_steps, "n_steps", minimum=1)
+    rise_masks = None if rise_masks is None else check_int(rise_masks, "rise_masks", minimum=1)
     if quick:
         n_images = min(n_images, 4)
     n_steps = n_steps or (16 if quick else 32)
@@ -248,20 +257,43 @@ def to_markdown(result: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _names(choices: Sequence[str]):
+    def parse(text: str) -> List[str]:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        unknown = [v for v in names if v not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"expected a comma list among {','.join(choices)}, got {text!r}")
+        return names
+
+    return parse
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="vgg,resnet", help=f"comma list among {','.join(MODEL_CHOICES)}")
-    parser.add_argument("--methods", default=",".join(BASELINES),
+    parser.add_argument("--models", type=_names(MODEL_CHOICES), default=["vgg", "resnet"],
+                        help=f"comma list among {','.join(MODEL_CHOICES)}")
+    parser.add_argument("--methods", type=_names(available()), default=list(BASELINES),
                         help=f"comma list among {','.join(available())} (default: the baselines)")
-    parser.add_argument("--n-images", type=int, default=32, help="images per model (default 32)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per method call (default 16)")
+    parser.add_argument("--n-images", type=_positive_int, default=32, help="images per model (default 32)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per method call (default 16)")
     parser.add_argument("--quick", action="store_true", help="at most 4 images, RISE 500 masks, 16 steps")
-    parser.add_argument("--n-steps", type=int, default=None, help="insertion/deletion steps (default 32)")
-    parser.add_argument("--rise-masks", type=int, default=None, help="RISE masks (default 4000, the paper's)")
+    parser.add_argument("--n-steps", type=_positive_int, default=None, help="insertion/deletion steps (default 32)")
+    parser.add_argument("--rise-masks", type=_positive_int, default=None,
+                        help="RISE masks (default 4000, the paper's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
     parser.add_argument("--name", default="benchmark", help="stem of the result files")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=_positive_int, default=1,
                         help="torch threads (default 1: on a shared CPU, far steadier than 2)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
@@ -272,8 +304,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         print(to_markdown(result))
         return result
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    result = run_benchmark(models=[m for m in args.models.split(",") if m],
-                           methods=[m for m in args.methods.split(",") if m], n_images=args.n_images,
+    result = run_benchmark(models=args.models, methods=args.methods, n_images=args.n_images,
                            batch_size=args.batch_size, quick=args.quick, n_steps=args.n_steps,
                            rise_masks=args.rise_masks, device=args.device, out=args.out, name=args.name,
                            progress=not args.no_progress, command=command, threads=args.threads)

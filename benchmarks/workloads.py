@@ -14,6 +14,9 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from captum_global._checks import check_int
+from captum_global.errors import InvalidArgumentError
+
 __all__ = ["Workload", "load_workload", "MODEL_CHOICES"]
 
 MODEL_CHOICES = ("vgg", "resnet", "efficientnet")
@@ -48,6 +51,7 @@ def _top1(model: nn.Module, images: Tensor, batch_size: int = 32) -> Tensor:
 
 def load_workload(name: str, n_images: int, seed: int = 0) -> Workload:
     """Build the workload ``name`` with (at most) ``n_images`` images."""
+    n_images = check_int(n_images, "n_images", minimum=1)
     if name in ("vgg", "resnet"):
         from captum_global.world import WorldConfig, make_dataset
         from captum_global.world.training import load_reference_model
@@ -73,7 +77,7 @@ def load_workload(name: str, n_images: int, seed: int = 0) -> Workload:
         return Workload(name, model, images, _top1(model, images), None,
                         {"data": f"real photos from skimage.data: {', '.join(names)}",
                          "image_size": int(images.shape[-1]), "target": "model's top-1 class"})
-    raise ValueError(f"models must be among {MODEL_CHOICES}, got {name!r}")
+    raise InvalidArgumentError(f"models must be among {MODEL_CHOICES}, got {name!r}")
 
 
 def load_workloads(names: List[str], n_images: int) -> List[Workload]:

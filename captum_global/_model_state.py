@@ -13,6 +13,8 @@ from typing import Callable, Iterator, List
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
+
 __all__ = ["preserved_model_state", "HookBag", "find_module"]
 
 
@@ -69,25 +71,27 @@ class HookBag:
 def find_module(model: nn.Module, layer, argument: str = "layer") -> nn.Module:
     """Resolve ``layer`` (a module of ``model`` or its dotted name) to a module.
 
-    Raises ``ValueError`` naming ``argument`` when the layer is not part of
-    the model, which is the mistake users make most when copying layer names
-    between models.
+    Raises :class:`~captum_global.errors.InvalidArgumentError` (a
+    ``ValueError``) naming ``argument`` when the layer is not part of the
+    model, which is the mistake users make most when copying layer names
+    between models, and :class:`~captum_global.errors.InvalidArgumentTypeError`
+    (a ``TypeError``) for something that is neither a module nor a name.
     """
     if isinstance(layer, str):
         named = dict(model.named_modules())
         if layer not in named:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{argument}={layer!r} is not a submodule name of the model; "
                 f"expected one of names such as {list(named)[1:6]}"
             )
         return named[layer]
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{argument} must be a submodule of the model being explained; "
                 f"got a {type(layer).__name__} that the model does not contain"
             )
         return layer
-    raise TypeError(
+    raise InvalidArgumentTypeError(
         f"{argument} must be an nn.Module or a dotted module name, got {type(layer).__name__}"
     )

@@ -18,9 +18,12 @@ import torch
 from torch import nn
 
 from captum_global import viz
+from captum_global._checks import check_int
+from captum_global._seeding import seeded_global_rng
 from captum_global.attr import ClassWiseSynthesis
 from captum_global.backdoor import scan_for_backdoor
-from captum_global.lineup import build_lineup
+from captum_global.errors import InvalidArgumentError
+from captum_global.lineup import LINEUP, build_lineup, build_lineup_with_parts
 from captum_global.metrics import bbox_accuracy, drop_and_increase, energy_pointing_game
 from captum_global.world import CLASS_NAMES, make_dataset, zoo_entry
 from captum_global.world.training import load_reference_model, reference_target_class, reference_trigger
@@ -51,15 +54,14 @@ def explain_reference(arch: str, n_images: int, methods: Sequence[str], out: Pat
     model = load_reference_model(arch, "clean")
     data = _pick_examples(model, n_images)
     x, y = data.images, data.labels
-    explainers = build_lineup(model, x, methods)
-    attributions, scores, rows, per_block = {}, {}, [], {}
+    explainers = build_lineup_with_parts(model, x, list(methods))
+    attributions, scores, rows, parts_of = {}, {}, [], {}
     for name, explain in explainers.items():
         start = time.perf_counter()
-        if name == "SISE":
-            attr, per_block = explain(x, y, return_layer_maps=True)
-        else:
-            attr = explain(x, y)
+        attr, parts = explain(x, y)
         attr = attr.detach()
+        if parts:
+            parts_of[name] = parts
         seconds = (time.perf_counter() - start) / len(x)
         ebpg = energy_pointing_game(attr, data.object_masks)
         bbox = bbox_accuracy(attr, data.boxes)
@@ -77,10 +79,12 @@ def explain_reference(arch: str, n_images: int, methods: Sequence[str], out: Pat
     viz.save(viz.explanation_gallery(x, attributions, data.boxes, titles, scores,
                                      title=f"reference {arch} (clean): explanations with object box"),
              out / f"gallery_{arch}.png")
-    if per_block:
-        viz.save(viz.explanation_gallery(x, {**per_block, "SISE (fused)": attributions["SISE"]}, data.boxes, titles,
-                                         title=f"SISE on reference {arch}: each block's map V, then the fused map"),
-                 out / f"sise_blocks_{arch}.png")
+    specs = {spec.name: spec for spec in LINEUP}
+    for name, parts in parts_of.items():
+        spec = specs[name]
+        viz.save(viz.explanation_gallery(x, {**parts, name: attributions[name]}, data.boxes, titles,
+                                         title=f"{name} on reference {arch}: {spec.parts_caption}"),
+                 out / f"{spec.parts_file or 'parts_' + name}_{arch}.png")
     return rows
 
 
@@ -147,7 +151,7 @@ def explain_photos(out: Path, methods: Sequence[str] = PHOTO_METHODS) -> List[Di
     with torch.no_grad():
         top1 = model(images).argmax(1)
     labels = photos.imagenet_class_names()
-    explainers = build_lineup(model, images, methods)
+    explainers = build_lineup(model, images, list(methods))
     attributions, rows = {}, []
     for name, explain in explainers.items():
         start = time.perf_counter()
@@ -176,19 +180,39 @@ def _markdown(rows: List[Dict]) -> str:
 
 def run_demo(out: Path, archs: Sequence[str] = ("vgg", "resnet"), n_images: int = 4,
              methods: Sequence[str] = (), photos: bool = True, quick: bool = False) -> Dict:
-    """Run the whole demo and write its files under ``out``; returns the summary."""
+    """Run the whole demo and write its files under ``out``; returns the summary.
+
+    Args:
+        out: output folder (created if missing).
+        archs: reference architectures, among ``"vgg"`` and ``"resnet"``.
+        n_images: test images per architecture, 1 to 5 (one per class).
+        methods: line-up names (empty: all of them).
+        photos: also explain real photos when the ``real`` extra is installed.
+        quick: fewer optimisation steps for the global methods.
+
+    Whatever draws from torch's global generator runs seeded with 0, and
+    the caller's global random state is restored afterwards.
+    """
     out = Path(out)
+    if isinstance(archs, str) or not archs or any(a not in ("vgg", "resnet") for a in archs):
+        raise InvalidArgumentError(f"archs must be a non-empty list among 'vgg', 'resnet', got {archs!r}")
+    n_images = check_int(n_images, "n_images", minimum=1, maximum=len(CLASS_NAMES))
+    unknown = [m for m in methods if m not in {spec.name for spec in LINEUP}]
+    if unknown:
+        raise InvalidArgumentError(f"methods holds unknown method names {unknown}; expected some of "
+                                   f"{[spec.name for spec in LINEUP]}")
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
     start = time.perf_counter()
     rows: List[Dict] = []
-    for arch in archs:
-        rows += explain_reference(arch, n_images, methods, out)
-    backdoor = [backdoor_figure(archs[0], variant, out, n_steps=8 if quick else 30, samples_per_step=4 if quick else 8)
-                for variant in ("patch", "blended")]
-    classwise = classwise_figure(archs[0], out, iterations=5 if quick else 30)
-    if photos:
-        rows += explain_photos(out, methods or PHOTO_METHODS)
+    with seeded_global_rng(0):
+        for arch in archs:
+            rows += explain_reference(arch, n_images, methods, out)
+        backdoor = [backdoor_figure(archs[0], variant, out, n_steps=8 if quick else 30,
+                                    samples_per_step=4 if quick else 8)
+                    for variant in ("patch", "blended")]
+        classwise = classwise_figure(archs[0], out, iterations=5 if quick else 30)
+        if photos:
+            rows += explain_photos(out, methods or PHOTO_METHODS)
     summary = {"explanations": rows, "backdoor": backdoor, "classwise": classwise,
                "seconds_total": time.perf_counter() - start, "torch": torch.__version__}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))

@@ -2,23 +2,23 @@
 
 Heat maps are drawn with Captum's own ``visualize_image_attr`` so that what
 the gallery shows is exactly what a Captum user would see for the same
-attribution. Every function returns a matplotlib ``Figure`` and never calls
-``plt.show``; the caller saves it.
+attribution. Every function returns a ``matplotlib.figure.Figure`` built
+with matplotlib's object-oriented API: nothing here touches pyplot's global
+state, so importing this module never switches the process's backend, the
+figures never appear in ``pyplot``'s figure list, and no window opens. Save
+one with :func:`save` (or ``fig.savefig``); show one in a notebook by
+leaving it as a cell's value.
 """
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
-import matplotlib
+import numpy as np
+import torch
+from captum.attr import visualization as captum_viz
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torch import Tensor
 
-matplotlib.use("Agg")  # figures are written to files; never open a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from captum.attr import visualization as captum_viz  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from captum_global._maps import to_heatmap  # noqa: E402
+from captum_global._maps import to_heatmap
 
 __all__ = ["explanation_gallery", "class_map_grid", "synthetic_set_grid", "classwise_sets_figure", "save"]
 
@@ -42,6 +42,12 @@ def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
         )
     ax.set_title(title, fontsize=7)
     ax.axis("off")
+
+
+def _grid(rows: int, cols: int, figsize: Tuple[float, float]):
+    """A figure with a ``rows x cols`` array of axes, outside pyplot."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def _draw_box(ax, box: Sequence[int], color: str = "lime") -> None:
@@ -68,13 +74,24 @@ def explanation_gallery(
         scores: optional method name -> metric name -> per-image values,
             printed in the map titles.
         title: optional figure title.
+
     Returns:
-        matplotlib Figure.
+        matplotlib.figure.Figure
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_global import viz
+        >>> images = torch.rand(2, 3, 16, 16)
+        >>> fig = viz.explanation_gallery(images, {"grey": images, "none": torch.zeros(2, 3, 16, 16)},
+        ...                               boxes=torch.tensor([[0, 0, 8, 8], [4, 4, 12, 12]]))
+        >>> len(fig.axes)  # one image and two maps per row
+        6
     """
     n = images.shape[0]
     names = list(attributions)
     heatmaps = {name: to_heatmap(attr) for name, attr in attributions.items()}
-    fig, axes = plt.subplots(n, len(names) + 1, figsize=(1.9 * (len(names) + 1), 2.1 * n), squeeze=False)
+    fig, axes = _grid(n, len(names) + 1, (1.9 * (len(names) + 1), 2.1 * n))
     for i in range(n):
         ax = axes[i, 0]
         ax.imshow(_hwc(images[i]))
@@ -109,9 +126,12 @@ def class_map_grid(
         highlight: optional ``[H, W]`` bool region (e.g. a planted trigger)
             outlined on every map.
         title: optional figure title.
+
+    Returns:
+        matplotlib.figure.Figure
     """
     rows = list(maps_by_model)
-    fig, axes = plt.subplots(len(rows), len(class_names), figsize=(1.8 * len(class_names), 1.9 * len(rows)), squeeze=False)
+    fig, axes = _grid(len(rows), len(class_names), (1.8 * len(class_names), 1.9 * len(rows)))
     for i, label in enumerate(rows):
         heat = to_heatmap(maps_by_model[label], sign="absolute")
         for j, cname in enumerate(class_names):
@@ -135,9 +155,12 @@ def synthetic_set_grid(images_by_class: Tensor, class_names: Sequence[str], titl
         images_by_class: ``[num_classes, n, 3, H, W]`` in [0, 1].
         class_names: row captions.
         title: optional figure title.
+
+    Returns:
+        matplotlib.figure.Figure
     """
     n_classes, per_class = images_by_class.shape[:2]
-    fig, axes = plt.subplots(n_classes, per_class, figsize=(1.6 * per_class + 0.6, 1.6 * n_classes), squeeze=False)
+    fig, axes = _grid(n_classes, per_class, (1.6 * per_class + 0.6, 1.6 * n_classes))
     for c in range(n_classes):
         for k in range(per_class):
             ax = axes[c, k]
@@ -152,10 +175,13 @@ def synthetic_set_grid(images_by_class: Tensor, class_names: Sequence[str], titl
     return fig
 
 
-def save(fig, path) -> None:
-    """Write ``fig`` to ``path`` and release its memory."""
+def save(fig: Figure, path) -> None:
+    """Write ``fig`` to ``path`` (format from the suffix, 110 dpi).
+
+    The figure is not registered with pyplot, so nothing needs closing: it
+    is freed with its last reference.
+    """
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def classwise_sets_figure(
@@ -203,8 +229,8 @@ def classwise_sets_figure(
     for b, (_, width) in enumerate(blocks):
         ratios += [1.0] * width + ([0.2] if b < len(blocks) - 1 else [])
     cols = len(ratios)
-    fig, axes = plt.subplots(n_classes, cols, figsize=(1.2 * sum(ratios) + 0.5, 1.35 * n_classes + 0.5),
-                             squeeze=False, gridspec_kw={"width_ratios": ratios})
+    fig = Figure(figsize=(1.2 * sum(ratios) + 0.5, 1.35 * n_classes + 0.5))
+    axes = fig.subplots(n_classes, cols, squeeze=False, gridspec_kw={"width_ratios": ratios})
     box = None
     if highlight is not None:
         ys, xs = torch.nonzero(highlight, as_tuple=True)

@@ -1,6 +1,7 @@
-"""Fast smoke test of the benchmark harness on a tiny model (2 images, 3 methods)."""
+"""The benchmark harness on a tiny model: tables, every registered method, RISE by its formula."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from benchmarks.methods import grid_feature_mask, pick_cam_layer
 from benchmarks.rise import RISE
 from benchmarks.run import merge_results
 from benchmarks.workloads import Workload
+from captum_global.errors import InvalidArgumentError, NonFiniteOutputError
 
 
 def tiny_workload() -> Workload:
@@ -49,10 +51,14 @@ def test_run_writes_table_with_positive_costs(tmp_path):
 
 def test_registry_refuses_duplicates_and_unknown_methods():
     assert {"saliency", "gradcam", "scorecam", "gradcam++", "rise", "occlusion"} <= set(available())
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(InvalidArgumentError, match="already registered"):
         register("saliency", lambda model, info: None)
-    with pytest.raises(ValueError, match="unknown methods"):
+    with pytest.raises(InvalidArgumentError, match="unknown methods"):
         run_benchmark(methods=["nope"], workloads=[tiny_workload()], out=None, progress=False)
+    with pytest.raises(InvalidArgumentError, match="methods must be a list"):
+        run_benchmark(methods="saliency", workloads=[tiny_workload()], out=None, progress=False)
+    with pytest.raises(InvalidArgumentError, match="n_images"):
+        run_benchmark(methods=["saliency"], workloads=[tiny_workload()], n_images=0, out=None, progress=False)
 
 
 def _check_methods_return_input_sized_maps(methods):
@@ -68,8 +74,12 @@ def _check_methods_return_input_sized_maps(methods):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in work.model.modules())
 
 
-def test_captum_baselines_return_input_sized_maps():
-    _check_methods_return_input_sized_maps(["occlusion", "feature_ablation", "gradcam", "integrated_gradients"])
+def test_every_registered_method_returns_input_sized_maps():
+    """Every registered method except the grad-cam package peers (slow import, below)."""
+    methods = [m for m in available() if m not in ("gradcam++", "scorecam")]
+    assert {"saliency", "occlusion", "feature_ablation", "gradcam", "integrated_gradients", "rise", "sise",
+            "sise_budget"} <= set(methods)
+    _check_methods_return_input_sized_maps(methods)
 
 
 def test_lineup_entries_match_the_package_lineup():
@@ -97,9 +107,92 @@ def test_grad_cam_package_peers_return_input_sized_maps():
     _check_methods_return_input_sized_maps(["gradcam++", "scorecam"])
 
 
-def test_rise_is_batch_size_invariant_and_grid_mask_counts_cells():
+def test_rise_is_its_formula_and_batch_size_invariant():
+    """saliency = sum_i P_c(x * M_i) M_i / (n_masks * p1), with the masks RISE.masks yields."""
     work = tiny_workload()
-    a = RISE(work.model, n_masks=30, batch_size=7).attribute(work.images, work.targets)
-    b = RISE(work.model, n_masks=30, batch_size=60).attribute(work.images, work.targets)
-    assert torch.allclose(a, b, atol=1e-6)
+    rise = RISE(work.model, n_masks=130, p1=0.4, batch_size=7, seed=3)
+    masks = torch.cat(list(rise.masks(16, 16)))
+    assert masks.shape == (130, 1, 16, 16) and 0 <= masks.min() and masks.max() <= 1 + 1e-6
+    with torch.no_grad():
+        expected = torch.stack([
+            (work.model(work.images[i] * masks).softmax(1)[:, c].view(-1, 1, 1, 1) * masks).sum(0) / (130 * 0.4)
+            for i, c in enumerate(work.targets.tolist())
+        ])
+    got = rise.attribute(work.images, work.targets)
+    assert torch.allclose(got, expected, atol=1e-6)
+    big = RISE(work.model, n_masks=130, p1=0.4, batch_size=np.int64(500), seed=3).attribute(work.images, work.targets)
+    assert torch.allclose(big, got, atol=1e-6)
+    # raw scores: the same sum with the model's outputs
+    raw = RISE(work.model, n_masks=130, p1=0.4, seed=3, apply_softmax=False).attribute(work.images, 1)
+    with torch.no_grad():
+        expected_raw = (work.model(work.images[0] * masks)[:, 1].view(-1, 1, 1, 1) * masks).sum(0) / (130 * 0.4)
+    assert torch.allclose(raw[0], expected_raw, atol=1e-5)
     assert grid_feature_mask(16, 16).unique().numel() == 64
+
+
+def test_rise_follows_the_contract():
+    work = tiny_workload()
+    rise = RISE(work.model, n_masks=20)
+    ref = rise.attribute(work.images, [2, 2])
+    for same in (2, -1, np.int64(2), (2,), torch.tensor(2), torch.tensor([2, 2])):
+        assert torch.equal(rise.attribute(work.images, same), ref)
+    for bad in (3, 1.5, True, [2], torch.tensor([2.0, 2.0]), None):
+        with pytest.raises(InvalidArgumentError, match="target"):
+            rise.attribute(work.images, bad)
+    for kwargs, name in (({"n_masks": 0}, "n_masks"), ({"p1": float("nan")}, "p1"), ({"p1": 0}, "p1"),
+                         ({"batch_size": 2.0}, "batch_size"), ({"s": 0}, "s"), ({"seed": -1}, "seed")):
+        with pytest.raises(InvalidArgumentError, match=name):
+            RISE(work.model, **kwargs)
+    bad_x = work.images.clone()
+    bad_x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InvalidArgumentError, match="inputs must be finite"):
+        rise.attribute(bad_x, 0)
+    with pytest.raises(NonFiniteOutputError, match="RISE"):
+        RISE(lambda t: work.model(t) * float("nan"), n_masks=5).attribute(work.images, 0)
+    # eval mode, model left as found (a train-mode model with batch norm)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                              torch.nn.LazyLinear(3))
+    net(work.images)
+    net.eval()
+    ref = RISE(net, n_masks=10).attribute(work.images, 0)
+    net.train()
+    stats = net[1].running_mean.clone()
+    assert torch.equal(RISE(net, n_masks=10).attribute(work.images, 0), ref)
+    assert net.training and torch.equal(net[1].running_mean, stats)
+
+
+def test_command_line_refuses_bad_values_with_usage(capsys):
+    from benchmarks.run import main
+
+    for argv in (["--n-images", "0"], ["--batch-size", "x"], ["--models", "vgg,alexnet"], ["--methods", "nope"],
+                 ["--rise-masks", "-3"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, argv
+        assert "usage: python -m benchmarks.run" in capsys.readouterr().err
+
+
+def test_rise_docstring_example_runs():
+    import doctest
+
+    import benchmarks.rise
+
+    assert doctest.testmod(benchmarks.rise).failed == 0
+
+
+def test_lineup_parts_come_from_the_same_run_and_explain_is_one_tensor():
+    from captum_global.lineup import LINEUP, build_lineup, build_lineup_with_parts
+
+    work = tiny_workload()
+    plain = build_lineup(work.model, work.images[:1])
+    with_parts = build_lineup_with_parts(work.model, work.images[:1])
+    assert list(plain) == list(with_parts) == [spec.name for spec in LINEUP]
+    for name in plain:
+        attr = plain[name](work.images, work.targets)
+        assert isinstance(attr, torch.Tensor), name
+        again, parts = with_parts[name](work.images, work.targets)
+        assert torch.allclose(again, attr, atol=1e-6), name
+        spec = next(s for s in LINEUP if s.name == name)
+        assert bool(parts) == (spec.build_with_parts is not None), name
+    _, parts = with_parts["SISE"](work.images, work.targets)
+    assert sorted(parts) == ["1", "4"] and all(p.shape == (2, 1, 16, 16) for p in parts.values())

@@ -602,5 +602,3 @@ def test_classwise_sets_figure_draws_sets_changes_and_real_examples():
     change = axes[4].images[0].get_array()  # after the 3 synthetic images and a gap
     assert np.allclose(change, (sets[0, 0] - start[0, 0]).abs().sum(0).numpy(), atol=1e-6)
     assert axes[0].get_title() == "x" and axes[8].get_title() == "real"
-    import matplotlib.pyplot as plt
-    plt.close(fig)

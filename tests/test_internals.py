@@ -8,6 +8,7 @@ from torch import nn
 from captum_global import _compat
 from captum_global._maps import minmax_normalise, otsu_threshold, resize_maps, to_heatmap
 from captum_global._model_state import HookBag, find_module, preserved_model_state
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 
 def test_to_heatmap_reductions():
@@ -110,11 +111,11 @@ def test_hookbag_removes_hooks():
 def test_find_module_errors_name_the_argument():
     model = _Tiny()
     assert find_module(model, "conv") is model.conv
-    with pytest.raises(ValueError, match="layers"):
+    with pytest.raises(InvalidArgumentError, match="layers='nope' is not a submodule name"):
         find_module(model, "nope", argument="layers")
-    with pytest.raises(ValueError, match="layer"):
+    with pytest.raises(InvalidArgumentError, match="layer must be a submodule of the model"):
         find_module(model, nn.Conv2d(1, 1, 1))
-    with pytest.raises(TypeError, match="layer"):
+    with pytest.raises(InvalidArgumentTypeError, match="layer must be an nn.Module or a dotted module name"):
         find_module(model, 3)
 
 

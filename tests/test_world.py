@@ -13,6 +13,7 @@ from captum_global.world import (
     build_model,
     make_dataset,
     make_splits,
+    state_hash,
     torchvision_model,
 )
 
@@ -28,6 +29,16 @@ def test_determinism_from_seed():
     for name in ("images", "labels", "boxes", "object_masks"):
         assert torch.equal(getattr(a, name), getattr(b, name))
     assert not torch.equal(a.images, c.images)
+
+
+def test_data_generation_unchanged():
+    # The zoo was trained on this generator: any change to it must bump
+    # WORLD_VERSION and retrain. Discrete parts exactly, pixels to float precision.
+    d = make_dataset(64, seed=0)
+    discrete = state_hash({"labels": d.labels, "boxes": d.boxes, "masks": d.object_masks})
+    assert discrete == "ff7898d2fd8453457734edbb6b0c6e96040b07cb84ac93d085f4943e73c0835d"
+    assert d.images.double().sum().item() == pytest.approx(400077.3715, abs=0.01)
+    assert d.images[0, :, 10, 20].tolist() == pytest.approx([0.454449, 0.0, 0.719162], abs=1e-5)
 
 
 def test_data_leaves_global_rng_alone():

@@ -1,4 +1,11 @@
-"""Evaluation metrics for attribution maps (ground truth, model truth, backdoor)."""
+"""Evaluation metrics for attribution maps (ground truth, model truth, backdoor).
+
+Tensors in, one value per example out. The model-truth metrics evaluate the
+model in eval mode and hand it back exactly as it came; every bad argument
+raises :class:`~captum_global.errors.InvalidArgumentError` naming it, and a
+NaN or infinite model output raises
+:class:`~captum_global.errors.NonFiniteOutputError`. See ``docs/use/metrics.md``.
+"""
 from captum_global.metrics._forward import ForwardCounter
 from captum_global.metrics.backdoor import flag_anomalies, mad_anomaly_index, trigger_energy_share
 from captum_global.metrics.faithfulness import (

@@ -1,33 +1,60 @@
-"""Input checks and conversions shared by the metric modules (private).
+"""Argument checks and conversions shared by the metric modules (private).
 
 Every metric takes attributions that follow Captum's shape rules and turns
-them into one ``[N, H, W]`` heat map per example at a given resolution. The
-checks live here once so that every metric raises the same clear errors.
+them into one ``[N, H, W]`` heat map per example at a given resolution, and
+every localisation metric turns masks or boxes into bool regions. The checks
+live here once, on top of the package-wide :mod:`captum_global._checks`, so
+that every metric refuses the same things with the same errors.
 """
-from typing import Optional, Tuple, Union
+import functools
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from captum_global._checks import check_choice, check_finite, check_int, check_tensor
 from captum_global._maps import resize_maps, to_heatmap
+from captum_global._model_state import preserved_model_state
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
+
+__all__ = [
+    "TensorOrTuple",
+    "check_finite",
+    "single_tensor",
+    "attribution_tensor",
+    "heatmaps",
+    "box_masks",
+    "region_masks",
+    "maps_and_masks",
+    "check_image_size",
+    "evaluation_mode",
+]
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+SIGNS = ("positive", "absolute", "all")
 
 
-def single_tensor(value: TensorOrTuple, argument: str) -> Tensor:
-    """A tensor, or the tensor inside a 1-tuple (Captum's tuple form)."""
+def single_tensor(value: Any, argument: str) -> Any:
+    """The tensor inside a 1-tuple (Captum's tuple form); anything else unchanged."""
     if isinstance(value, tuple):
         if len(value) != 1:
-            raise ValueError(f"{argument} must be one tensor or a 1-tuple, got a {len(value)}-tuple")
+            raise InvalidArgumentError(f"{argument} must be one tensor or a 1-tuple, got a {len(value)}-tuple")
         value = value[0]
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{argument} must be a torch.Tensor, got {type(value).__name__}")
     return value
 
 
-def check_finite(value: Tensor, argument: str) -> None:
-    if value.is_floating_point() and not torch.isfinite(value).all():
-        raise ValueError(f"{argument} contains NaN or infinite values")
+def attribution_tensor(attributions: TensorOrTuple, num_examples: Optional[int] = None) -> Tensor:
+    """Checked real-valued ``[N, C, H, W]``, ``[N, 1, h, w]`` or ``[N, H, W]`` attributions, detached."""
+    attr = check_tensor(single_tensor(attributions, "attributions"), "attributions", dims=(3, 4))
+    if attr.dtype == torch.bool or attr.is_complex():
+        raise InvalidArgumentTypeError(f"attributions must hold real numbers, got dtype {attr.dtype}")
+    if num_examples is not None and attr.shape[0] != num_examples:
+        raise InvalidArgumentError(
+            f"attributions has {attr.shape[0]} examples but inputs has {num_examples}: give one map per input"
+        )
+    attr = attr.detach()  # metrics are not differentiated through
+    return attr if attr.is_floating_point() else attr.float()
 
 
 def heatmaps(
@@ -39,72 +66,162 @@ def heatmaps(
     """Attributions -> float ``[N, H, W]`` heat maps at ``size``.
 
     Input-shaped ``[N, C, H, W]``, layer-shaped ``[N, 1, h, w]`` and
-    ``[N, H, W]`` are accepted; maps of another resolution are upsampled
+    ``[N, H, W]`` are accepted; maps of another resolution are resized
     bilinearly with ``_maps.resize_maps`` after the channel reduction.
     """
-    attributions = single_tensor(attributions, "attributions")
-    if attributions.dim() not in (3, 4):
-        raise ValueError(
-            "attributions must have shape [N, C, H, W], [N, 1, h, w] or [N, H, W], "
-            f"got {tuple(attributions.shape)}"
-        )
-    if num_examples is not None and attributions.shape[0] != num_examples:
-        raise ValueError(
-            f"attributions has {attributions.shape[0]} examples but {num_examples} were expected"
-        )
-    check_finite(attributions, "attributions")
-    attributions = attributions.detach()  # metrics are not differentiated through
-    maps = to_heatmap(attributions.float() if not attributions.is_floating_point() else attributions, sign)
+    sign = check_choice(sign, "sign", SIGNS)
+    maps = to_heatmap(attribution_tensor(attributions, num_examples), sign)
     if tuple(maps.shape[-2:]) != tuple(size):
         maps = resize_maps(maps.unsqueeze(1), tuple(size)).squeeze(1)
     return maps
 
 
-def region_masks(masks: Tensor, size: Tuple[int, int], argument: str = "masks") -> Tensor:
-    """Bool ``[N, H, W]`` region masks from masks or ``[N, 4]`` boxes.
+def check_image_size(image_size: Any) -> Optional[Tuple[int, int]]:
+    """``None`` or ``(H, W)`` of positive ints (NumPy ints and 1-D tensors of two ints accepted)."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, (torch.Size, list, tuple)) and len(image_size) == 2:
+        return (check_int(image_size[0], "image_size[0]", minimum=1), check_int(image_size[1], "image_size[1]", minimum=1))
+    raise InvalidArgumentError(f"image_size must be None or a pair (H, W) of positive ints, got {image_size!r}")
 
-    Boxes are ``(x0, y0, x1, y1)`` with exclusive ends, turned into masks of
-    ``size`` by the reference world's ``boxes_to_masks``. Masks may also be
-    ``[N, 1, H, W]`` or hold 0/1 numbers.
+
+def box_masks(boxes: Any, height: int, width: int, argument: str = "boxes", hint: str = "") -> Tensor:
+    """Bool ``[N, H, W]`` masks of ``[N, 4]`` boxes ``(x0, y0, x1, y1)`` (exclusive ends).
+
+    Every box must be non-empty and lie inside the ``height x width`` image:
+    a box that does not is a coordinate mistake (a box in image pixels
+    against a smaller map, swapped corners), which a metric would otherwise
+    score as a silent 0.
+    """
+    height = check_int(height, "height", minimum=1)
+    width = check_int(width, "width", minimum=1)
+    if not isinstance(boxes, Tensor):
+        try:
+            boxes = torch.as_tensor(boxes)
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidArgumentTypeError(
+                f"{argument} must be an [N, 4] tensor of boxes (x0, y0, x1, y1), got {type(boxes).__name__}"
+            ) from None
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise InvalidArgumentError(f"{argument} must have shape [N, 4] (x0, y0, x1, y1), got {tuple(boxes.shape)}")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise InvalidArgumentTypeError(f"{argument} boxes must hold real coordinates, got dtype {boxes.dtype}")
+    check_finite(boxes, argument)
+    cpu = boxes.detach().cpu().double()
+    x0, y0, x1, y1 = cpu.unbind(1)
+    inverted = (x1 <= x0) | (y1 <= y0)
+    outside = (x0 < 0) | (y0 < 0) | (x1 > width) | (y1 > height)
+    for bad, what in ((inverted, "is empty or inverted (need x0 < x1 and y0 < y1)"),
+                      (outside, f"lies outside the {height} x {width} image (need 0 <= x0 < x1 <= {width}, "
+                                f"0 <= y0 < y1 <= {height})")):
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            box = tuple(round(float(v), 4) for v in cpu[i])
+            raise InvalidArgumentError(f"{argument} box {i} {box} {what}{hint}")
+    ys = torch.arange(height, dtype=torch.float64).view(1, height, 1)
+    xs = torch.arange(width, dtype=torch.float64).view(1, 1, width)
+    view = [v.view(-1, 1, 1) for v in (x0, y0, x1, y1)]
+    masks = (xs >= view[0]) & (xs < view[2]) & (ys >= view[1]) & (ys < view[3])
+    return masks.to(boxes.device)
+
+
+def _is_boxes(masks: Any) -> bool:
+    return isinstance(masks, Tensor) and masks.dim() == 2 and masks.shape[1] == 4 and masks.dtype != torch.bool
+
+
+def region_masks(masks: Any, size: Optional[Tuple[int, int]], argument: str = "masks", hint: str = "") -> Tensor:
+    """Bool ``[N, H, W]`` non-empty region masks from masks or ``[N, 4]`` boxes.
+
+    Boxes are ``(x0, y0, x1, y1)`` with exclusive ends, drawn at ``size``.
+    Masks may also be ``[N, 1, H, W]`` or hold 0/1 numbers.
     """
     if not isinstance(masks, Tensor):
-        raise TypeError(f"{argument} must be a torch.Tensor, got {type(masks).__name__}")
-    if masks.dim() == 2 and masks.shape[1] == 4 and masks.dtype != torch.bool:
-        from captum_global.world.data import boxes_to_masks
-
-        return boxes_to_masks(masks.cpu(), size[0], size[1]).to(masks.device)
-    if masks.dim() == 4 and masks.shape[1] == 1:
-        masks = masks[:, 0]
-    if masks.dim() != 3:
-        raise ValueError(
-            f"{argument} must be bool [N, H, W] masks or [N, 4] boxes (x0, y0, x1, y1), "
-            f"got shape {tuple(masks.shape)}"
+        raise InvalidArgumentTypeError(f"{argument} must be a torch.Tensor, got {type(masks).__name__}")
+    if _is_boxes(masks):
+        regions = box_masks(masks, size[0], size[1], argument, hint)
+    else:
+        regions = masks[:, 0] if masks.dim() == 4 and masks.shape[1] == 1 else masks
+        if regions.dim() != 3:
+            raise InvalidArgumentError(
+                f"{argument} must be bool [N, H, W] masks or [N, 4] boxes (x0, y0, x1, y1), "
+                f"got shape {tuple(masks.shape)}"
+            )
+        if regions.dtype != torch.bool:
+            if regions.is_complex():
+                raise InvalidArgumentTypeError(f"{argument} must be bool or hold 0 and 1, got dtype {regions.dtype}")
+            check_finite(regions, argument)
+            if not bool(((regions == 0) | (regions == 1)).all()):
+                raise InvalidArgumentError(f"{argument} must be bool or hold only 0 and 1")
+            regions = regions != 0
+    if regions.shape[0] == 0 or regions[0].numel() == 0:
+        raise InvalidArgumentError(f"{argument} must hold at least one non-empty region, got shape {tuple(masks.shape)}")
+    empty = ~regions.flatten(1).any(1)
+    if bool(empty.any()):
+        raise InvalidArgumentError(
+            f"{argument} region of example {int(empty.nonzero()[0])} is empty: a metric against an empty region "
+            "has no meaning"
         )
-    if masks.dtype != torch.bool:
-        check_finite(masks, argument)
-        if not ((masks == 0) | (masks == 1)).all():
-            raise ValueError(f"{argument} must be bool or hold only 0 and 1")
-        masks = masks != 0
-    return masks
+    return regions
 
 
 def maps_and_masks(
-    attributions: TensorOrTuple, masks: Tensor, sign: str, image_size: Optional[Tuple[int, int]] = None
+    attributions: TensorOrTuple, masks: Any, sign: str, image_size: Any = None
 ) -> Tuple[Tensor, Tensor]:
     """Heat maps and bool masks of one common ``[N, H, W]`` shape.
 
-    The masks set the resolution; boxes use ``image_size`` or, when it is
-    None, the attributions' own spatial size.
+    The masks set the resolution; boxes are in the pixels of ``image_size``
+    or, when it is None, of the attributions' own spatial size (then a box
+    outside the map is refused with a hint to pass ``image_size``).
     """
-    attr = single_tensor(attributions, "attributions")
-    if isinstance(masks, Tensor) and masks.dim() == 2 and masks.shape[1] == 4 and masks.dtype != torch.bool:
-        size = tuple(image_size) if image_size is not None else tuple(attr.shape[-2:])
-    else:
-        size = None
-    masks = region_masks(masks, size if size is not None else (0, 0))
-    maps = heatmaps(attr, tuple(masks.shape[-2:]), sign=sign)
-    if masks.shape[0] != maps.shape[0]:
-        raise ValueError(
-            f"masks has {masks.shape[0]} examples but attributions has {maps.shape[0]}"
+    attr = attribution_tensor(attributions)
+    image_size = check_image_size(image_size)
+    if _is_boxes(masks):
+        size = image_size or tuple(attr.shape[-2:])
+        hint = "" if image_size else (
+            f"; boxes are read in the attributions' pixels ({size[0]} x {size[1]}): pass image_size=(H, W) "
+            "when they are in the pixels of a larger image"
         )
-    return maps, masks.to(maps.device)
+        regions = region_masks(masks, size, hint=hint)
+    else:
+        regions = region_masks(masks, None)
+        if image_size is not None and tuple(regions.shape[-2:]) != image_size:
+            raise InvalidArgumentError(
+                f"image_size {image_size} does not match the masks' size {tuple(regions.shape[-2:])}; "
+                "image_size only says where boxes lie, masks carry their own size"
+            )
+    if regions.shape[0] != attr.shape[0]:
+        raise InvalidArgumentError(f"masks has {regions.shape[0]} examples but attributions has {attr.shape[0]}")
+    maps = heatmaps(attr, tuple(regions.shape[-2:]), sign=sign)
+    return maps, regions.to(maps.device)
+
+
+def _module_of(forward_func: Any, depth: int = 0) -> Optional[nn.Module]:
+    """The ``nn.Module`` behind a forward function: the module itself, a bound
+    method of one, a ``functools.partial`` of one, or a wrapper that keeps it
+    as ``forward_func`` (:class:`~captum_global.metrics.ForwardCounter`, Captum's
+    attribution objects)."""
+    if depth > 8:
+        return None
+    if isinstance(forward_func, nn.Module):
+        return forward_func
+    owner = getattr(forward_func, "__self__", None)
+    if isinstance(owner, nn.Module):
+        return owner
+    if isinstance(forward_func, functools.partial):
+        return _module_of(forward_func.func, depth + 1)
+    inner = getattr(forward_func, "forward_func", None)
+    return None if inner is None else _module_of(inner, depth + 1)
+
+
+@contextmanager
+def evaluation_mode(forward_func: Callable) -> Iterator[None]:
+    """Run the body with the model behind ``forward_func`` in eval mode; restore its flags after.
+
+    In eval mode batch norm uses (and does not update) its running
+    statistics and dropout is off, so a metric gives the same value on every
+    call and leaves the model exactly as it found it.
+    """
+    if not callable(forward_func):
+        raise InvalidArgumentTypeError(f"forward_func must be callable (the model), got {type(forward_func).__name__}")
+    with preserved_model_state(_module_of(forward_func) or forward_func):
+        yield

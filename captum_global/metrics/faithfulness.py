@@ -16,6 +16,22 @@ class, as in Grad-CAM++ and RISE; ``score="raw"`` uses the model's output as
 is (for models that already return probabilities). Captum's
 ``captum.metrics.infidelity`` and ``sensitivity_max`` complement these and
 apply unchanged to input-shaped attributions.
+
+The model is evaluated in eval mode (batch norm on its running statistics,
+dropout off) and handed back exactly as it came: same ``training`` flags,
+same ``requires_grad`` flags, same weights and running statistics, also when
+an error is raised. So a metric gives the same value on every call, whether
+the model was in ``train()`` or ``eval()``. This applies to an ``nn.Module``,
+a bound method or ``functools.partial`` of one, and a wrapper that keeps the
+module as ``forward_func`` (:class:`ForwardCounter`, Captum attribution
+objects); a plain function is called as it is.
+
+Targets follow Captum's rules (an int, a negative int, a tuple for outputs
+with several dimensions, a list or a 1-D integer tensor with one entry per
+example; NumPy integers too). Bad arguments raise
+:class:`~captum_global.errors.InvalidArgumentError` (a ``ValueError``) naming
+the argument; a NaN or infinite model output raises
+:class:`~captum_global.errors.NonFiniteOutputError` naming the example.
 """
 from typing import Any, Callable, Tuple, Union
 
@@ -23,51 +39,86 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_global._checks import check_bool, check_choice, check_int, check_number, check_tensor
 from captum_global._maps import minmax_normalise
-from captum_global.metrics._checks import TensorOrTuple, check_finite, heatmaps, single_tensor
-from captum_global.metrics._forward import batched_scores, target_tensor
+from captum_global._scoring import score_all
+from captum_global._targets import parse_target
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
+from captum_global.metrics._checks import TensorOrTuple, evaluation_mode, heatmaps, single_tensor
 
 __all__ = ["drop_and_increase", "average_drop", "increase_in_confidence", "insertion_auc", "deletion_auc"]
 
 BaselineArg = Union[int, float, Tensor, str]
+SCORES = ("softmax", "raw")
 
 
 def _inputs(inputs: TensorOrTuple) -> Tensor:
-    x = single_tensor(inputs, "inputs")
-    if x.dim() != 4:
-        raise ValueError(f"inputs must have shape [N, C, H, W], got {tuple(x.shape)}")
-    check_finite(x, "inputs")
-    return x
+    x = check_tensor(single_tensor(inputs, "inputs"), "inputs", dims=(4,))
+    if not x.is_floating_point():
+        raise InvalidArgumentTypeError(f"inputs must be a floating point tensor [N, C, H, W], got dtype {x.dtype}")
+    return x.detach()
 
 
 def _blur(x: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
-    """Gaussian blur (RISE's insertion start: kernel 11, sigma 5), reflect padding."""
+    """Gaussian blur (RISE's insertion start: kernel 11, sigma 5), reflect padding.
+
+    The kernel shrinks (odd sizes) on images smaller than it, since reflect
+    padding cannot reach further than the image's own side.
+    """
     size = min(size, 2 * (min(x.shape[-2:]) - 1) + 1) | 1
     half = size // 2
     g = torch.exp(-((torch.arange(size, dtype=x.dtype, device=x.device) - half) ** 2) / (2 * sigma**2))
     g = g / g.sum()
     c = x.shape[1]
-    padded = F.pad(x, (half, half, half, half), mode="reflect")
+    padded = F.pad(x, (half, half, half, half), mode="reflect") if half else x
     out = F.conv2d(padded, g.view(1, 1, 1, size).expand(c, 1, 1, size), groups=c)
     return F.conv2d(out, g.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
 
 
 def _baseline(baselines: BaselineArg, x: Tensor) -> Tensor:
     if isinstance(baselines, str):
-        if baselines != "blur":
-            raise ValueError(f"baselines must be a number, a tensor or 'blur', got {baselines!r}")
+        check_choice(baselines, "baselines", ("blur",))
         return _blur(x)
-    if isinstance(baselines, (int, float)):
-        return torch.full_like(x, float(baselines))
     if isinstance(baselines, Tensor):
-        check_finite(baselines, "baselines")
+        base = check_tensor(baselines, "baselines", nonempty=False)
+        if base.dtype == torch.bool or base.is_complex():
+            raise InvalidArgumentTypeError(f"baselines must hold real numbers, got dtype {base.dtype}")
         try:
-            return baselines.to(x.device, x.dtype).expand_as(x)
+            if torch.broadcast_shapes(base.shape, x.shape) != x.shape:
+                raise RuntimeError
         except RuntimeError:
-            raise ValueError(
-                f"baselines of shape {tuple(baselines.shape)} do not broadcast to inputs {tuple(x.shape)}"
+            raise InvalidArgumentError(
+                f"baselines of shape {tuple(base.shape)} do not broadcast to inputs {tuple(x.shape)}"
             ) from None
-    raise TypeError(f"baselines must be a number, a tensor or 'blur', got {type(baselines).__name__}")
+        return base.detach().to(x.device, x.dtype).expand_as(x)
+    value = check_number(baselines, "baselines")  # refuses bools, NaN, infinity, other types
+    return torch.full_like(x, value)
+
+
+def _transform(score: str):
+    score = check_choice(score, "score", SCORES)
+    if score == "raw":
+        return None
+
+    def softmax(output: Tensor) -> Tensor:
+        if output.dim() < 2:
+            raise InvalidArgumentError(
+                f"score='softmax' needs [N, classes] model outputs, got {tuple(output.shape)}; use score='raw'"
+            )
+        return output.softmax(dim=1)
+
+    return softmax
+
+
+def _scores(forward_func, total, build, n, target, additional_forward_args, score, batch_size, what) -> Tensor:
+    """``total`` target scores, the model in eval mode and left as found."""
+    targets = parse_target(target, n)
+    transform = _transform(score)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    with evaluation_mode(forward_func):
+        scores = score_all(forward_func, total, build, targets, additional_forward_args, transform,
+                           chunk_size=batch_size, chunk_argument="batch_size", what=what)
+    return scores.to(torch.promote_types(scores.dtype, torch.float32))
 
 
 def drop_and_increase(
@@ -94,18 +145,23 @@ def drop_and_increase(
     Confidence %" (higher is better).
 
     Args:
-        forward_func (Callable): the model; returns ``[N, classes]``.
-        inputs (Tensor or 1-tuple): ``[N, C, H, W]`` inputs.
+        forward_func (Callable): the model; returns ``[N, classes]``. Run in
+            eval mode, left as found.
+        inputs (Tensor or 1-tuple): ``[N, C, H, W]`` float inputs, finite.
         attributions (Tensor or 1-tuple): ``[N, C, H, W]``, ``[N, 1, h, w]`` or
-            ``[N, H, W]`` attributions for ``target``.
-        target (int, list, Tensor): class per example (or one for all).
+            ``[N, H, W]`` attributions for ``target``, finite.
+        target (int, tuple, list, Tensor): Captum's target formats; one class
+            for all examples or one per example.
         additional_forward_args (Any, optional): extra model arguments;
             tensors with N rows are taken per example.
-        baselines (number or Tensor, optional): what a 0 in the map reveals.
-            Default: 0.
+        baselines (number or Tensor, optional): what a 0 in the map reveals: a
+            finite number, or a tensor broadcastable to ``inputs``. Default: 0.
         score (str, optional): ``"softmax"`` (default) or ``"raw"``.
-        sign (str, optional): heat-map sign rule of ``_maps.to_heatmap``.
-        batch_size (int, optional): examples per model call. Default: 64.
+        sign (str, optional): how the channel sum becomes a map:
+            ``"positive"`` (default) its positive part, ``"absolute"`` its
+            magnitude, ``"all"`` the signed sum (then min-max normalised).
+        batch_size (int, optional): examples per model call; never changes
+            the result. Default: 64.
 
     Returns:
         (Tensor, Tensor): per-example drop in ``[0, 100]`` and increase in
@@ -126,13 +182,14 @@ def drop_and_increase(
     maps = minmax_normalise(heatmaps(attributions, tuple(x.shape[-2:]), n, sign)).unsqueeze(1)
     base = _baseline(baselines, x)
     explained = base + maps.to(x.dtype) * (x - base)
-    targets = target_tensor(target, n, x.device)
 
     def build(flat: Tensor) -> Tuple[Tensor, Tensor]:
+        flat = flat.to(x.device)
         example = flat % n
         return torch.where((flat < n).view(-1, 1, 1, 1), x[example], explained[example]), example
 
-    scores = batched_scores(forward_func, 2 * n, build, n, targets, additional_forward_args, score, batch_size)
+    scores = _scores(forward_func, 2 * n, build, n, target, additional_forward_args, score, batch_size,
+                     "drop_and_increase")
     y, o = scores[:n], scores[n:]
     drop = torch.where(y > 0, 100.0 * (y - o).clamp(min=0) / y.clamp(min=1e-30), torch.full_like(y, float("nan")))
     increase = 100.0 * (o > y).to(y.dtype)
@@ -175,11 +232,11 @@ def increase_in_confidence(forward_func: Callable, inputs: TensorOrTuple, attrib
 
 
 def _ranked_curve(forward_func, inputs, attributions, target, additional_forward_args, baselines, n_steps,
-                  score, sign, batch_size, insert: bool) -> Tensor:
+                  score, sign, batch_size, return_curve, insert: bool) -> Tuple[Tensor, bool]:
     x = _inputs(inputs)
     n, _, h, w = x.shape
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    n_steps = check_int(n_steps, "n_steps", minimum=1)
+    return_curve = check_bool(return_curve, "return_curve")
     maps = heatmaps(attributions, (h, w), n, sign).flatten(1)
     # Stable sort: equal values keep raster order, so ties never depend on the
     # batch or the machine.
@@ -190,7 +247,6 @@ def _ranked_curve(forward_func, inputs, attributions, target, additional_forward
     base = _baseline(baselines, x)
     start, end = (base, x) if insert else (x, base)
     steps = n_steps + 1
-    targets = target_tensor(target, n, x.device)
 
     def build(flat: Tensor) -> Tuple[Tensor, Tensor]:
         flat = flat.to(x.device)
@@ -198,8 +254,9 @@ def _ranked_curve(forward_func, inputs, attributions, target, additional_forward
         changed = (rank[example] < counts[step].unsqueeze(1)).view(-1, 1, h, w)
         return torch.where(changed, end[example], start[example]), example
 
-    curve = batched_scores(forward_func, n * steps, build, n, targets, additional_forward_args, score, batch_size)
-    return curve.view(n, steps)
+    what = "insertion_auc" if insert else "deletion_auc"
+    curve = _scores(forward_func, n * steps, build, n, target, additional_forward_args, score, batch_size, what)
+    return curve.view(n, steps), return_curve
 
 
 def _trapezoid(curve: Tensor) -> Tensor:
@@ -217,19 +274,24 @@ _CURVE_DOC = r"""
     ``[0, 1]`` for probabilities.
 
     Args:
-        forward_func (Callable): the model; returns ``[N, classes]``.
-        inputs (Tensor or 1-tuple): ``[N, C, H, W]`` inputs.
+        forward_func (Callable): the model; returns ``[N, classes]``. Run in
+            eval mode, left as found.
+        inputs (Tensor or 1-tuple): ``[N, C, H, W]`` float inputs, finite.
         attributions (Tensor or 1-tuple): ``[N, C, H, W]``, ``[N, 1, h, w]`` or
-            ``[N, H, W]`` attributions.
-        target (int, list, Tensor): class per example (or one for all).
+            ``[N, H, W]`` attributions, finite.
+        target (int, tuple, list, Tensor): Captum's target formats; one class
+            for all examples or one per example.
         additional_forward_args (Any, optional): extra model arguments.
         baselines (number, Tensor or "blur", optional): the image with no
-            information: a number, a tensor broadcastable to ``inputs``, or
+            information: a finite number, a tensor broadcastable to ``inputs``, or
             ``"blur"`` (Gaussian blur, kernel 11, sigma 5). Default: {default}.
         n_steps (int, optional): number of steps. Default: 100.
         score (str, optional): ``"softmax"`` (default) or ``"raw"``.
-        sign (str, optional): heat-map sign rule of ``_maps.to_heatmap``.
-        batch_size (int, optional): perturbed inputs per model call.
+        sign (str, optional): ``"positive"`` (default) ranks the positive part
+            of the channel sum (pixels with no positive evidence tie and keep
+            raster order), ``"absolute"`` its magnitude, ``"all"`` the signed sum.
+        batch_size (int, optional): perturbed inputs per model call; never
+            changes the result. Default: 64.
         return_curve (bool, optional): also return the ``[N, n_steps + 1]``
             curve. Default: False.
 
@@ -243,8 +305,8 @@ def insertion_auc(forward_func: Callable, inputs: TensorOrTuple, attributions: T
                   additional_forward_args: Any = None, baselines: BaselineArg = "blur", n_steps: int = 100,
                   score: str = "softmax", sign: str = "positive", batch_size: int = 64,
                   return_curve: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    curve = _ranked_curve(forward_func, inputs, attributions, target, additional_forward_args, baselines, n_steps,
-                          score, sign, batch_size, insert=True)
+    curve, return_curve = _ranked_curve(forward_func, inputs, attributions, target, additional_forward_args,
+                                        baselines, n_steps, score, sign, batch_size, return_curve, insert=True)
     auc = _trapezoid(curve)
     return (auc, curve) if return_curve else auc
 
@@ -253,8 +315,8 @@ def deletion_auc(forward_func: Callable, inputs: TensorOrTuple, attributions: Te
                  additional_forward_args: Any = None, baselines: BaselineArg = 0, n_steps: int = 100,
                  score: str = "softmax", sign: str = "positive", batch_size: int = 64,
                  return_curve: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    curve = _ranked_curve(forward_func, inputs, attributions, target, additional_forward_args, baselines, n_steps,
-                          score, sign, batch_size, insert=False)
+    curve, return_curve = _ranked_curve(forward_func, inputs, attributions, target, additional_forward_args,
+                                        baselines, n_steps, score, sign, batch_size, return_curve, insert=False)
     auc = _trapezoid(curve)
     return (auc, curve) if return_curve else auc
 

@@ -6,17 +6,56 @@ at their spread. Attributions follow Captum's shape rules: input-shaped
 ``[N, C, H, W]`` (channels are summed), layer-shaped ``[N, 1, h, w]`` (upsampled
 bilinearly to the mask size with ``_maps.resize_maps``) or ``[N, H, W]``; a
 1-tuple is unwrapped. Negative evidence is dropped by default (``sign``).
+
+Regions are checked, never scored blindly: an empty mask, an empty or
+inverted box, and a box outside the image raise
+:class:`~captum_global.errors.InvalidArgumentError` naming ``masks``. Boxes
+are read in the pixels of the attributions unless ``image_size=(H, W)``
+says which image they belong to; so a layer-resolution map (e.g. ``[N, 1,
+8, 8]`` from Grad-CAM) with boxes in the pixels of the 64 x 64 image is
+refused with a hint, and scored correctly (masks drawn at 64 x 64, map
+upsampled) once ``image_size=(64, 64)`` is given.
 """
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from captum_global._checks import check_bool, check_choice, check_number
 from captum_global._maps import minmax_normalise
-from captum_global.metrics._checks import TensorOrTuple, maps_and_masks
-from captum_global.world.data import boxes_to_masks  # re-exported for users of boxes
+from captum_global.metrics._checks import TensorOrTuple, box_masks, maps_and_masks
 
 __all__ = ["energy_pointing_game", "bbox_accuracy", "miou", "boxes_to_masks"]
+
+
+def boxes_to_masks(boxes: Any, height: int, width: int) -> Tensor:
+    r"""Bool ``[N, height, width]`` masks of ``[N, 4]`` boxes ``(x0, y0, x1, y1)``.
+
+    Ends are exclusive: pixel ``(y, x)`` is inside when ``x0 <= x < x1`` and
+    ``y0 <= y < y1``. Every box must be non-empty and inside the image
+    (``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``); anything else
+    raises :class:`~captum_global.errors.InvalidArgumentError` naming
+    ``boxes``. Float coordinates are allowed (a pixel counts when its index
+    lies in the half-open range).
+
+    Args:
+        boxes (Tensor or array-like): ``[N, 4]`` boxes.
+        height (int): image height in pixels.
+        width (int): image width in pixels.
+
+    Returns:
+        Tensor: bool ``[N, height, width]`` on the boxes' device.
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_global.metrics import boxes_to_masks
+        >>> boxes_to_masks(torch.tensor([[1, 0, 3, 2]]), 3, 4).int()
+        tensor([[[0, 1, 1, 0],
+                 [0, 1, 1, 0],
+                 [0, 0, 0, 0]]], dtype=torch.int32)
+    """
+    return box_masks(boxes, height, width, "boxes")
 
 
 def energy_pointing_game(
@@ -36,14 +75,16 @@ def energy_pointing_game(
     Args:
         attributions (Tensor or 1-tuple): ``[N, C, H, W]``, ``[N, 1, h, w]`` or
             ``[N, H, W]`` attributions.
-        masks (Tensor): bool ``[N, H, W]`` ground-truth regions, or ``[N, 4]``
-            boxes ``(x0, y0, x1, y1)`` with exclusive ends.
+        masks (Tensor): bool (or 0/1) ``[N, H, W]`` ground-truth regions, each
+            non-empty, or ``[N, 4]`` boxes ``(x0, y0, x1, y1)`` with exclusive
+            ends, inside the image.
         sign (str, optional): ``"positive"`` (default) keeps the positive part
             of the channel sum, ``"absolute"`` its magnitude.
         normalize (bool, optional): min-max normalise each map first.
             Default: True.
-        image_size (tuple, optional): ``(H, W)`` of the masks made from boxes;
-            defaults to the attributions' spatial size.
+        image_size (tuple, optional): ``(H, W)`` of the image the boxes are
+            given in; defaults to the attributions' spatial size (pass it for
+            layer-resolution maps with boxes in image pixels).
 
     Returns:
         Tensor: ``[N]`` scores in ``[0, 1]``; higher is better.
@@ -59,8 +100,8 @@ def energy_pointing_game(
         >>> energy_pointing_game(attr, box)
         tensor([0.8000])
     """
-    if sign not in ("positive", "absolute"):
-        raise ValueError(f"sign must be 'positive' or 'absolute' for an energy, got {sign!r}")
+    sign = check_choice(sign, "sign", ("positive", "absolute"))
+    normalize = check_bool(normalize, "normalize")
     maps, masks = maps_and_masks(attributions, masks, sign, image_size)
     if normalize:
         maps = minmax_normalise(maps)
@@ -86,11 +127,12 @@ def bbox_accuracy(
     Args:
         attributions (Tensor or 1-tuple): ``[N, C, H, W]``, ``[N, 1, h, w]`` or
             ``[N, H, W]`` attributions.
-        masks (Tensor): bool ``[N, H, W]`` regions (each non-empty) or ``[N, 4]``
-            boxes ``(x0, y0, x1, y1)``, exclusive ends.
+        masks (Tensor): bool (or 0/1) ``[N, H, W]`` regions (each non-empty)
+            or ``[N, 4]`` boxes ``(x0, y0, x1, y1)``, exclusive ends.
         sign (str, optional): ``"positive"`` (default), ``"absolute"`` or
             ``"all"`` (rank the signed channel sum).
-        image_size (tuple, optional): ``(H, W)`` of masks made from boxes.
+        image_size (tuple, optional): ``(H, W)`` of the image the boxes are
+            given in (see :func:`energy_pointing_game`).
 
     Returns:
         Tensor: ``[N]`` scores in ``[0, 1]``; higher is better.
@@ -107,9 +149,7 @@ def bbox_accuracy(
     maps, masks = maps_and_masks(attributions, masks, sign, image_size)
     flat = maps.flatten(1)
     inside = masks.flatten(1)
-    k = inside.sum(1)
-    if (k == 0).any():
-        raise ValueError("masks must each contain at least one pixel for bbox_accuracy")
+    k = inside.sum(1)  # >= 1: empty regions are refused
     kth = flat.sort(dim=1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
     above = flat > kth
     tied = flat == kth
@@ -137,11 +177,13 @@ def miou(
     Args:
         attributions (Tensor or 1-tuple): ``[N, C, H, W]``, ``[N, 1, h, w]`` or
             ``[N, H, W]`` attributions.
-        masks (Tensor): bool ``[N, H, W]`` regions or ``[N, 4]`` boxes.
+        masks (Tensor): bool (or 0/1) ``[N, H, W]`` regions (each non-empty)
+            or ``[N, 4]`` boxes ``(x0, y0, x1, y1)``, exclusive ends.
         threshold (float, optional): binarisation level on the normalised map,
             in ``[0, 1)``. Default: 0.5.
         sign (str, optional): ``"positive"`` (default), ``"absolute"`` or ``"all"``.
-        image_size (tuple, optional): ``(H, W)`` of masks made from boxes.
+        image_size (tuple, optional): ``(H, W)`` of the image the boxes are
+            given in (see :func:`energy_pointing_game`).
 
     Returns:
         Tensor: ``[N]`` IoU values in ``[0, 1]``; higher is better.
@@ -155,8 +197,7 @@ def miou(
         >>> miou(attr, torch.tensor([[0, 0, 2, 2]]))   # box of 4 inside them
         tensor([0.6667])
     """
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    threshold = check_number(threshold, "threshold", 0.0, 1.0, max_inclusive=False)
     maps, masks = maps_and_masks(attributions, masks, sign, image_size)
     selected = (minmax_normalise(maps) > threshold).flatten(1)
     truth = masks.flatten(1)

@@ -40,6 +40,7 @@ from captum_global.world.training import (
     reference_trigger,
     robust_accuracy,
     settings_hash,
+    state_hash,
     train_reference_model,
     training_settings,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "reference_trigger",
     "robust_accuracy",
     "settings_hash",
+    "state_hash",
     "train_reference_model",
     "training_settings",
     "TRIGGER_KINDS",

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_global.metrics.localization import boxes_to_masks as _metrics_boxes_to_masks
+
 CLASS_NAMES: Tuple[str, ...] = ("disk", "square", "triangle", "cross", "ring")
 
 # Fixed chunk size: noise is drawn per chunk from a generator derived from
@@ -318,12 +320,6 @@ def make_splits(config: WorldConfig = WorldConfig()) -> Tuple[ShapesDataset, Sha
     return train, test
 
 
-def boxes_to_masks(boxes: Tensor, height: int, width: int) -> Tensor:
-    """Turn ``[N, 4]`` boxes ``(x0, y0, x1, y1)`` (exclusive ends) into ``[N, H, W]`` bool masks."""
-    boxes = torch.as_tensor(boxes)
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
-    ys = torch.arange(height).view(1, height, 1)
-    xs = torch.arange(width).view(1, 1, width)
-    x0, y0, x1, y1 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
-    return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+# The metrics own boxes_to_masks (floor 1 never reaches into the world for
+# it); re-exported here so ``captum_global.world.boxes_to_masks`` keeps working.
+boxes_to_masks = _metrics_boxes_to_masks

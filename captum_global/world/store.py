@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -80,6 +81,8 @@ def locate(entry: Any, trajectory: bool = False) -> Path:
     for stem in (shipped, cached):
         if valid_stem(stem, want, trajectory):
             return stem
+    warnings.warn(f"{entry.name}: no files for its current settings in the package or the cache; "
+                  f"training it now (minutes on one CPU core) into {cached.parent}", stacklevel=3)
     train_in_subprocess([entry.name], cached.parent)
     if not valid_stem(cached, want, trajectory):
         raise RuntimeError(f"training {entry.name} did not produce its files in {cached.parent}")

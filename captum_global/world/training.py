@@ -280,9 +280,19 @@ def _training_data(s: Dict[str, Any]) -> Tuple[ShapesDataset, ShapesDataset, Opt
 
 def _adversarial_batch(model: nn.Module, x: Tensor, y: Tensor, adv: Dict[str, Any], step: int,
                        steps_per_epoch: int) -> Tuple[Tensor, Tensor]:
-    ramp = min(1.0, (step + 1) / (adv["warmup_epochs"] * steps_per_epoch)) if adv["warmup_epochs"] else 1.0
-    x_adv = pgd_attack(model, x, y, adv["epsilon"] * ramp, adv["steps"], adv["step_size"] * ramp,
-                       seed=adv["seed"] * 1_000_003 + step)
+    # Optional clean epochs first (the radius is 0), then the linear warm-up.
+    step -= adv.get("clean_epochs", 0) * steps_per_epoch
+    if step < 0:
+        ramp = 0.0
+    elif adv["warmup_epochs"]:
+        ramp = min(1.0, (step + 1) / (adv["warmup_epochs"] * steps_per_epoch))
+    else:
+        ramp = 1.0
+    if ramp == 0.0:
+        x_adv = x
+    else:
+        x_adv = pgd_attack(model, x, y, adv["epsilon"] * ramp, adv["steps"], adv["step_size"] * ramp,
+                           seed=adv["seed"] * 1_000_003 + step)
     if adv["with_clean"]:  # one batch, so BatchNorm sees both and counts one step
         return torch.cat([x, x_adv]), torch.cat([y, y])
     return x_adv, y

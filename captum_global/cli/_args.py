@@ -1,0 +1,263 @@
+"""Argument types, the model options shared by ``scan`` and ``explain``, and output folders (private).
+
+Every type raises ``argparse.ArgumentTypeError`` with a message that says
+what is expected, so a user mistake ends in argparse's usage message and
+exit status 2. A mistake found after parsing (a file that does not fit the
+architecture, a folder that exists) raises :class:`UsageError` or the
+library's ``InvalidArgumentError``, which ``main`` turns into the same.
+"""
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "UsageError", "int_in", "positive_float", "name_list", "int_list", "float_list", "shape", "existing_file",
+    "existing_path", "json_object", "arch_name", "add_model_options", "model_from_args", "prepare_output",
+    "REFERENCE_INPUT", "REFERENCE_ARCHS",
+]
+
+REFERENCE_INPUT = (3, 64, 64)
+# Sides above this make a trace allocate gigabytes for nothing: layer choice
+# and the methods' settings do not change with the image size beyond it.
+MAX_SIDE = 4096
+MAX_CHANNELS = 64
+
+
+class UsageError(Exception):
+    """A user mistake found after parsing; ends with the usage message and exit status 2."""
+
+
+def int_in(low: int, high: Optional[int] = None, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an int in ``[low, high]``; ``why`` explains the bound in the message."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}" + (f" ({why})" if why else ""))
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _items(text: str) -> List[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def name_list(choices: Sequence[str]) -> Callable[[str], List[str]]:
+    """An argparse type: comma-separated names, each one of ``choices``, at least one."""
+    def parse(text: str) -> List[str]:
+        names = _items(text)
+        unknown = [n for n in names if n not in choices]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(f"expected comma-separated names from {list(choices)}, "
+                                             f"got {unknown or text!r}")
+        return names
+    parse.__name__ = "names"
+    return parse
+
+
+def int_list(text: str) -> List[int]:
+    """An argparse type: comma-separated distinct ints >= 0."""
+    values = [int_in(0)(v) for v in _items(text)]
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated class indices, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> List[float]:
+    """An argparse type: comma-separated finite numbers."""
+    values = [_finite(v) for v in _items(text)]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def shape(text: str) -> Tuple[int, int, int]:
+    """An argparse type: ``C,H,W`` with sane sizes."""
+    parts = _items(text)
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,224,224, got {text!r}")
+    c = int_in(1, MAX_CHANNELS)(parts[0])
+    h, w = (int_in(1, MAX_SIDE, "larger images are not what these methods are for")(p) for p in parts[1:])
+    return c, h, w
+
+
+def existing_file(text: str) -> Path:
+    """An argparse type: a file that exists."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return path
+
+
+def existing_path(text: str) -> Path:
+    """An argparse type: a file or folder that exists."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text!r}")
+    return path
+
+
+def json_object(text: str) -> Dict[str, Any]:
+    """An argparse type: a JSON object (lists become tuples, as Captum wants window shapes)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"n_steps\": 32}}': {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+
+    def tuples(v: Any) -> Any:
+        return tuple(tuples(x) for x in v) if isinstance(v, list) else v
+    return {k: tuples(v) for k, v in value.items()}
+
+
+_ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# Reference architectures, usable as the architecture of a user's state dict too.
+REFERENCE_ARCHS = {"vgg": "captum_global.world.models:SmallVGG", "resnet": "captum_global.world.models:SmallResNet"}
+
+
+def arch_name(text: str) -> str:
+    """An argparse type: ``vgg``/``resnet``, a torchvision classifier name, or ``module:callable``."""
+    if text in REFERENCE_ARCHS or _ENTRY_POINT.match(text):
+        return text
+    from captum_global.loading import torchvision_classifiers
+
+    names = torchvision_classifiers()
+    if text not in names:
+        import difflib
+
+        close = difflib.get_close_matches(text, names, n=4)
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'vgg', 'resnet', a torchvision classification model"
+            + (f" (did you mean {close}?)" if close else "") + " nor 'package.module:callable'")
+    return text
+
+
+def add_model_options(parser: argparse.ArgumentParser, default_variant: str) -> None:
+    """The options that choose the model: a reference model, or a user's file."""
+    group = parser.add_argument_group("model", "a reference model (default), or your own with --model")
+    group.add_argument("--reference", metavar="NAME",
+                       help="a shipped reference model by name, e.g. vgg_patch (see docs/use/cli.md); the same as "
+                            "--arch/--variant for the six original models")
+    group.add_argument("--model", type=existing_file, metavar="FILE",
+                       help="your model: a TorchScript file, or a state dict (.safetensors, or a torch.save file "
+                            "of tensors, read with weights_only=True) with --arch; never unpickled")
+    group.add_argument("--arch", type=arch_name, default=None,
+                       help="without --model: the reference architecture, vgg (default) or resnet. With a state "
+                            "dict: a torchvision name (resnet18, ...), vgg/resnet (the reference architectures) "
+                            "or package.module:callable returning the nn.Module")
+    group.add_argument("--variant", choices=["clean", "patch", "blended"], default=None,
+                       help=f"reference model variant (default {default_variant}); not with --model")
+    group.add_argument("--num-classes", type=int_in(2, 100_000), metavar="K",
+                       help="classes of your model (passed to the architecture, checked on its output)")
+    group.add_argument("--input-shape", type=shape, metavar="C,H,W",
+                       help="shape of one input of your model (required with --model), e.g. 3,224,224")
+    group.add_argument("--mean", type=float_list, help="per-channel mean your model normalises with, "
+                                                       "e.g. 0.485,0.456,0.406; inputs stay in [0, 1]")
+    group.add_argument("--std", type=float_list, help="per-channel std your model normalises with")
+    group.add_argument("--value-range", type=float_list, metavar="LOW,HIGH",
+                       help="raw input range your model expects, e.g. 0,255 (inputs stay in [0, 1])")
+    parser.set_defaults(default_variant=default_variant)
+
+
+def reference_models() -> Dict[str, Tuple[Callable[[], Any], Any]]:
+    """Shipped reference models by name: ``name -> (load, planted trigger or None)``.
+
+    The reference zoo when this version has one, else the six original
+    models ``{vgg,resnet}_{clean,patch,blended}``.
+    """
+    from captum_global import world
+
+    zoo = getattr(world, "reference_zoo", None)
+    if zoo is not None:
+        return {entry.name: (entry.load, entry.trigger) for entry in zoo()}
+    from captum_global.world import VARIANTS, load_reference_model, reference_trigger
+
+    return {f"{arch}_{variant}": ((lambda a=arch, v=variant: load_reference_model(a, v)),
+                                  None if variant == "clean" else reference_trigger(variant))
+            for arch in REFERENCE_ARCHS for variant in VARIANTS}
+
+
+def model_from_args(args: argparse.Namespace):
+    """``(model, description, input_shape, trigger)``; ``trigger`` is the planted one of a reference model."""
+    if args.model is None:
+        user_only = [flag for flag, value in (("--num-classes", args.num_classes), ("--input-shape", args.input_shape),
+                                             ("--mean", args.mean), ("--std", args.std),
+                                             ("--value-range", args.value_range)) if value is not None]
+        if user_only:
+            raise UsageError(f"{', '.join(user_only)} describe your own model: give it with --model FILE")
+        if args.reference is not None:
+            if args.arch is not None or args.variant is not None:
+                raise UsageError("--reference names the model: leave out --arch and --variant")
+            name = args.reference
+        else:
+            arch = args.arch or "vgg"
+            if arch not in REFERENCE_ARCHS:
+                raise UsageError(f"--arch {arch} without --model: the reference architectures are vgg and resnet")
+            name = f"{arch}_{args.variant or args.default_variant}"
+        known = reference_models()
+        if name not in known:
+            raise UsageError(f"--reference {name!r} is not a shipped reference model; known: {sorted(known)}")
+        load, trigger = known[name]
+        return load().eval(), {"reference": name}, REFERENCE_INPUT, trigger
+    if args.reference is not None:
+        raise UsageError("--reference and --model both name a model: give one")
+    if args.variant is not None:
+        raise UsageError("--variant chooses a reference model; it does not apply to --model")
+    if args.input_shape is None:
+        raise UsageError("--input-shape C,H,W is required with --model (e.g. --input-shape 3,224,224)")
+    if args.value_range is not None and len(args.value_range) != 2:
+        raise UsageError(f"--value-range takes LOW,HIGH, got {args.value_range}")
+    from captum_global.loading import load_model
+
+    arch = REFERENCE_ARCHS.get(args.arch, args.arch)
+    model = load_model(args.model, arch=arch, num_classes=args.num_classes, input_shape=args.input_shape,
+                       mean=args.mean, std=args.std,
+                       value_range=tuple(args.value_range) if args.value_range else None)
+    description = {"file": args.model.name, "arch": args.arch, "num_classes": args.num_classes,
+                   "input_shape": list(args.input_shape), "mean": args.mean, "std": args.std,
+                   "value_range": args.value_range}
+    return model, description, tuple(args.input_shape), None
+
+
+def prepare_output(out: Path, force: bool, owned: Sequence[str]) -> None:
+    """Create ``out``; refuse a non-empty one without ``--force``; with it, remove the files we write.
+
+    Only files matching the ``owned`` glob patterns are removed, never
+    anything else the folder holds.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to overwrite it")
+        for pattern in owned:
+            for path in out.glob(pattern):
+                if path.is_file():
+                    path.unlink()
+    out.mkdir(parents=True, exist_ok=True)

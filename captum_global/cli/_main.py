@@ -1,0 +1,54 @@
+"""The ``captum-global`` parser and entry point (private; public through :mod:`captum_global.cli`)."""
+import argparse
+import sys
+from typing import List, Optional
+
+from captum_global.cli import _demo, _explain, _layers, _scan
+from captum_global.cli._args import UsageError
+
+_COMMANDS = {"demo": _demo, "scan": _scan, "layers": _layers, "explain": _explain}
+_DESCRIPTION = ("Global and multi-layer visual explanations for Captum: run the demo, scan a model for a "
+                "backdoor, list the layers SISE reads, explain a dataset.")
+_EPILOG = ("Exit status: 0 done, 1 the run failed (the model returned NaN or infinity), 2 a usage error "
+           "(the message says which argument), 130 interrupted.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``captum-global`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="captum-global", description=_DESCRIPTION, epilog=_EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,scan,layers,explain}")
+    for name, module in _COMMANDS.items():
+        module.add_parser(sub).set_defaults(command_parser_name=name)
+    return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``captum-global`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    User mistakes, found by argparse or later (a file that does not fit, a
+    folder that exists, a value the library refuses), end with the usage
+    message and the error on stderr and ``SystemExit(2)``, never a traceback.
+    """
+    from captum_global.errors import InvalidArgumentError, NonFiniteOutputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command].run(args)
+    except (UsageError, InvalidArgumentError) as error:
+        _subparser(parser, args.command).error(str(error))
+    except NonFiniteOutputError as error:
+        print(f"captum-global {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        hint = "; run the same command again to resume" if args.command == "explain" else ""
+        print(f"captum-global {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,203 @@
+"""``captum-global scan``: look for a backdoor in a reference model or the user's own (private).
+
+The scan itself is :mod:`captum_global.backdoor`'s; this module loads the
+model and the clean samples, calls the scan, prints the per-class table and
+writes the report folder: ``scan.json``, and for each method
+``maps_<method>.png`` (one picture per class) and ``trigger_<method>.png``
+(the suspected trigger of the most anomalous class).
+"""
+import argparse
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from captum_global.cli._args import (
+    UsageError,
+    add_model_options,
+    existing_path,
+    int_in,
+    int_list,
+    model_from_args,
+    positive_float,
+    prepare_output,
+)
+
+METHODS = {"ours": "scan_for_backdoor", "neural-cleanse": "neural_cleanse"}
+# --steps is the length of each method's optimisation: epochs of both scans (the first version of our
+# scan, without clean_inputs, took optimisation steps, n_steps)
+STEP_OPTION = {"ours": "n_epochs", "neural-cleanse": "n_epochs"}
+SCAN_FILES = ("scan.json", "maps_*.png", "trigger_*.png")
+# Reference-world images no reference model was trained on (the demo's test split).
+_CLEAN_SEED = 20_261_123
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    scan = sub.add_parser(
+        "scan", help="scan a model (a reference model or your own) for a backdoor trigger",
+        description="Look for a class that a small, input-agnostic change reaches too easily (a planted "
+                    "backdoor): per-class statistics, their MAD anomaly index over classes, the suspected "
+                    "trigger. Prints a per-class table and writes a report folder.")
+    add_model_options(scan, default_variant="patch")
+    scan.add_argument("--clean", type=existing_path, metavar="DIR|FILE",
+                      help="clean samples: a folder of images (resized to the input shape) or a tensor file "
+                           "[N, C, H, W] in [0, 1] (.safetensors, or torch.save read with weights_only=True)")
+    scan.add_argument("--max-clean", type=int_in(1, 100_000), default=64,
+                      help="use at most this many clean samples (default 64)")
+    scan.add_argument("--method", choices=["ours", "neural-cleanse", "both"], default="ours",
+                      help="our input-agnostic scan, Neural Cleanse, or both (default ours)")
+    scan.add_argument("--classes", type=int_list, help="class indices to scan, comma separated (default all; "
+                                                       "at least 3 for the anomaly index)")
+    scan.add_argument("--steps", type=int_in(1, 100_000), default=None,
+                      help="length of the optimisation per class, in epochs over the clean samples "
+                           "(default: each method's own)")
+    scan.add_argument("--threshold", type=positive_float, default=2.0,
+                      help="anomaly index above which a class is flagged (default 2, as Neural Cleanse)")
+    scan.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the optimisation")
+    scan.add_argument("--out", type=Path, default=Path("scan-out"), help="report folder (default scan-out)")
+    scan.add_argument("--force", action="store_true", help="overwrite the report in an existing --out folder")
+    scan.add_argument("--quiet", action="store_true", help="no progress bar")
+    return scan
+
+
+def _clean_samples(args: argparse.Namespace, input_shape, reference: bool) -> Optional[Tensor]:
+    if args.clean is None:
+        if not reference:
+            return None
+        from captum_global.world import make_dataset
+
+        return make_dataset(args.max_clean, seed=_CLEAN_SEED).images
+    from captum_global.loading import ImageFiles, load_tensor
+
+    channels, height, width = input_shape
+    if args.clean.is_dir():
+        files = ImageFiles(args.clean, size=(height, width), channels=channels)
+        images = torch.stack([files[i] for i in range(min(len(files), args.max_clean))])
+    else:
+        images = load_tensor(args.clean, "--clean", dims=(4,))[: args.max_clean].float()
+        if tuple(images.shape[1:]) != tuple(input_shape):
+            raise UsageError(f"--clean holds images of shape {tuple(images.shape[1:])}, the model takes "
+                             f"{tuple(input_shape)}")
+        if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
+            raise UsageError("--clean must hold finite images in [0, 1]")
+    return images
+
+
+def _scan_function(method: str):
+    from captum_global import backdoor
+
+    function = getattr(backdoor, METHODS[method], None)
+    if function is None:
+        raise UsageError(f"--method {method}: this version of captum_global has no backdoor.{METHODS[method]}")
+    return function
+
+
+def _run_one(method: str, model, example: Tensor, clean: Optional[Tensor], args, trigger_mask):
+    """Call the library's scan for ``method``, passing only the options its signature takes."""
+    function = _scan_function(method)
+    parameters = inspect.signature(function).parameters
+    options: Dict[str, Any] = dict(classes=args.classes, trigger_mask=trigger_mask, threshold=args.threshold,
+                                   seed=args.seed, show_progress=not args.quiet)
+    if args.steps is not None:
+        options[STEP_OPTION[method] if "clean_inputs" in parameters or method != "ours" else "n_steps"] = args.steps
+    if method == "neural-cleanse":
+        if clean is None:
+            raise UsageError("--method neural-cleanse needs clean samples: pass --clean DIR|FILE")
+        return function(model, clean, **options)
+    if "clean_inputs" in parameters:
+        options["clean_inputs"] = clean
+    elif args.clean is not None and "distribution" in parameters:
+        options["distribution"] = clean  # the first scan took clean samples as its distribution
+    return function(model, example, **options)
+
+
+def _trigger(scan, row: int):
+    """``(mask [H, W], pattern [C, H, W])`` suspected for class row ``row``."""
+    if hasattr(scan, "trigger_masks") and hasattr(scan, "trigger_patterns"):
+        return scan.trigger_masks[row], scan.trigger_patterns[row]
+    # a scan without a trigger estimate: the class map, cut at Otsu's threshold
+    from captum_global._maps import minmax_normalise, otsu_threshold, to_heatmap
+
+    heat = minmax_normalise(to_heatmap(scan.maps[row:row + 1], sign="absolute"))
+    mask = heat[0] > otsu_threshold(heat)[0]
+    return mask.float(), minmax_normalise(scan.maps[row:row + 1].abs())[0]
+
+
+def _table(scan, class_names: List[str], trigger_known: bool) -> str:
+    if hasattr(scan, "summary"):
+        return scan.summary()
+    rows = ["class  name          statistic  anomaly_index  flagged" + ("  trigger_energy" if trigger_known else "")]
+    for i, c in enumerate(scan.classes):
+        line = (f"{c:>5}  {class_names[c][:12]:<12}  {float(scan.statistic[i]):>9.4f}  "
+                f"{float(scan.anomaly_index[i]):>13.2f}  {'yes' if c in scan.flagged else 'no':>7}")
+        if trigger_known and getattr(scan, "trigger_energy", None) is not None:
+            line += f"  {float(scan.trigger_energy[i]):>14.3f}"
+        rows.append(line)
+    return "\n".join(rows) + f"\nflagged: {scan.flagged or 'none'}; most anomalous class: {scan.suspect}"
+
+
+def _figures(out: Path, method: str, scan, class_names: List[str], highlight) -> None:
+    import matplotlib.pyplot as plt
+
+    from captum_global import viz
+
+    names = [class_names[c] for c in scan.classes]
+    viz.save(viz.class_map_grid({method: scan.maps}, names, highlight=highlight,
+                                title=f"{method}: per-class maps (flagged {scan.flagged or 'none'})"),
+             out / f"maps_{method}.png")
+    row = scan.classes.index(scan.suspect)
+    mask, pattern = _trigger(scan, row)
+    mask, pattern = mask.detach().float().cpu(), pattern.detach().float().cpu().clamp(0, 1)
+    fig, axes = plt.subplots(1, 3, figsize=(6, 2.3))
+    shown = [(mask, "mask", "gray"), (pattern.permute(1, 2, 0).squeeze(-1), "pattern", None),
+             ((pattern * mask).permute(1, 2, 0).squeeze(-1), "mask x pattern", None)]
+    for ax, (image, title, cmap) in zip(axes, shown):
+        ax.imshow(image.numpy(), cmap=cmap or ("gray" if image.dim() == 2 else None), vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{method}: suspected trigger of class {scan.suspect} ({class_names[scan.suspect]})", fontsize=9)
+    fig.tight_layout()
+    viz.save(fig, out / f"trigger_{method}.png")
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = ["ours", "neural-cleanse"] if args.method == "both" else [args.method]
+    for method in methods:
+        _scan_function(method)
+    model, description, input_shape, trigger = model_from_args(args)
+    reference = "reference" in description
+    with torch.no_grad():
+        num_classes = int(model(torch.zeros(1, *input_shape)).shape[-1])
+    if num_classes < 3:
+        raise UsageError(f"the model has {num_classes} classes; the anomaly index needs at least 3")
+    if args.classes is not None:
+        if len(args.classes) < 3 or max(args.classes) >= num_classes:
+            raise UsageError(f"--classes needs at least 3 distinct classes in 0..{num_classes - 1}, "
+                             f"got {args.classes}")
+    prepare_output(args.out, args.force, SCAN_FILES)  # refuse before minutes of work
+    trigger_mask = None if trigger is None else trigger.mask(*input_shape[1:])
+    if reference:
+        from captum_global.world import CLASS_NAMES
+
+        class_names = list(CLASS_NAMES)
+    else:
+        class_names = [f"class {c}" for c in range(num_classes)]
+    clean = _clean_samples(args, input_shape, reference)
+    example = torch.zeros(1, *input_shape)
+    report: Dict[str, Any] = {"model": description, "settings": {
+        "steps": args.steps, "threshold": args.threshold, "seed": args.seed, "classes": args.classes,
+        "clean_samples": 0 if clean is None else int(clean.shape[0])}, "methods": {}}
+    if reference:
+        print("classes: " + ", ".join(f"{c} {name}" for c, name in enumerate(class_names)))
+    for method in methods:
+        scan = _run_one(method, model, example, clean, args, trigger_mask)
+        print(f"== {method} ==")
+        print(_table(scan, class_names, trigger_mask is not None), flush=True)
+        _figures(args.out, method, scan, class_names, trigger_mask)
+        report["methods"][method] = scan.as_dict()
+    (args.out / "scan.json").write_text(json.dumps(report, indent=2))
+    print(f"report written to {args.out}: {', '.join(sorted(p.name for p in args.out.iterdir()))}")
+    return 0
