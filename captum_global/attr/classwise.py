@@ -144,15 +144,18 @@ class ClassWiseSynthesis(Attribution):
         seed = check_seed(seed)
         classes = parts.format_classes(classes)
         names = matched_parameter_names(model, parameters)
-        with _autograd_on(), preserved_model_state(model, eval_mode=True), \
+        with parts.autograd_on(), preserved_model_state(model, eval_mode=True), \
                 seeded_global_rng(seed, cuda_devices(model)):
             points, labels, given = resolve_checkpoints(model, checkpoints)
             if given and any(untracked_batchnorms(model, p) for p in points):
                 device, dtype = points[0][names[0]].device, points[0][names[0]].dtype
 
                 def inputs():
-                    for seen, batch in enumerate(make_loader(data, batch_size)[0]):
-                        yield split_batch(batch, seen)[0].to(device=device, dtype=dtype)
+                    seen = 0
+                    for batch in make_loader(data, batch_size)[0]:
+                        x = split_batch(batch, seen)[0]
+                        seen += len(x)
+                        yield x.to(device=device, dtype=dtype)
 
                 points = [fill_population_statistics(model, p, inputs) if untracked_batchnorms(model, p) else p
                           for p in points]
@@ -179,7 +182,7 @@ class ClassWiseSynthesis(Attribution):
                 f"images must have shape [{len(real_gradients.classes)}, n, *input_shape], "
                 f"got {tuple(images.shape)}"
             )
-        with _autograd_on(), preserved_model_state(model, eval_mode=True):
+        with parts.autograd_on(), preserved_model_state(model, eval_mode=True):
             table = torch.stack([torch.stack([
                 parts.class_distance(model, images[i], i, real_gradients, distance, False, [k]).detach()
                 for i in range(len(real_gradients.classes))]) for k in range(len(real_gradients.points))])
@@ -350,7 +353,7 @@ class ClassWiseSynthesis(Attribution):
         gen = make_generator(seed)
         progress = parts.show(show_progress)
         trajectory_info: Dict[str, Any] = {}
-        with _autograd_on(), preserved_model_state(model, eval_mode=True), \
+        with parts.autograd_on(), preserved_model_state(model, eval_mode=True), \
                 seeded_global_rng(seed, cuda_devices(model)):
             if mode == "gradient":
                 images, history = parts.run_gradient_matching(
@@ -391,21 +394,6 @@ class ClassWiseSynthesis(Attribution):
             cluster_sizes=rg.cluster_counts,
             **trajectory_info,
         )
-
-
-class _autograd_on:
-    """Gradients on, also under the caller's ``torch.no_grad()`` or ``torch.inference_mode()``."""
-
-    def __enter__(self):
-        self._modes = [torch.inference_mode(False), torch.enable_grad()]
-        for m in self._modes:
-            m.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for m in reversed(self._modes):
-            m.__exit__(*exc)
-        return False
 
 
 GradientMatchingSynthesis = ClassWiseSynthesis
