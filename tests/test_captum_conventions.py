@@ -36,11 +36,6 @@ XFAIL_IAS_TARGETS = pytest.mark.xfail(
     reason="attr/input_agnostic.py parses targets itself: bad targets raise plain ValueError, and tuples, "
     "negative ints, NumPy ints/arrays are refused (issue 8/12)",
 )
-XFAIL_CLASSWISE_ERRORS = pytest.mark.xfail(
-    strict=True,
-    reason="attr/classwise.py raises plain ValueError for a class outside the model's outputs, not the "
-    "InvalidArgumentError (ValueError + AssertionError) of the contract (issue 8)",
-)
 XFAIL_CONVERGENCE_DELTA = pytest.mark.xfail(
     strict=True,
     reason="InputAgnosticSaliency.compute_convergence_delta returns numbers although has_convergence_delta() "
@@ -180,7 +175,6 @@ def test_class_wise_synthesis_leaves_no_hook_after_a_run(model):
     assert_unchanged(model, before)
 
 
-@XFAIL_CLASSWISE_ERRORS
 def test_class_wise_synthesis_bad_class_is_an_assertion_error_and_leaves_no_hook(model):
     before = snapshot(model)
     with pytest.raises(AssertionError, match="classes"):

@@ -465,6 +465,10 @@ def test_clear_errors():
             method.attribute(data, classes=[0], **kwargs)
     with pytest.raises(InvalidArgumentTypeError, match="iterations"):
         method.attribute(data, classes=[0], iterations=True)
+    with pytest.raises(InvalidArgumentTypeError, match="show_progress"):
+        method.attribute(data, classes=[0], iterations=1, show_progress="yes")
+    with pytest.raises(InvalidArgumentTypeError, match="show_progress"):
+        method.real_class_gradients(data, show_progress="yes")
     assert method.attribute(data, classes=[np.int64(0)], iterations=np.int64(1)).classes == (0,)
     with pytest.raises(TypeError, match="NoiseTunnel"):
         method.attribute(torch.rand(2, 3, 6, 6))

@@ -29,7 +29,6 @@ KNOWN_BROKEN = {
 }
 KNOWN_MACHINE_PATHS = {
     "use/sise": "cites the method-notes path and .venv/bin commands",
-    "use/classwise": "cites the method-notes path and .venv/bin commands",
     "use/input_agnostic": "cites the method-notes path and .venv/bin commands",
 }
 

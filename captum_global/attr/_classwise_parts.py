@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_global._checks import check_choice, check_int, check_number, check_tensor, check_value_range
+from captum_global._checks import check_bool, check_choice, check_int, check_number, check_tensor, check_value_range
 from captum_global.attr._gradient_matching import DISTANCES, class_gradient, gradient_distance
 from captum_global.attr._image_parametrization import PARAMETRIZATIONS, Parametrization
 from captum_global.attr.classwise_types import ClassGradients
@@ -118,6 +118,8 @@ def optimiser(kind: str, params: List[Tensor], lr: Optional[float], momentum: fl
 
 
 def show(show_progress: bool) -> bool:
+    """Whether this process draws progress bars (``show_progress`` checked; rank 0 only)."""
+    show_progress = check_bool(show_progress, "show_progress")
     dist = torch.distributed
     rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     return bool(show_progress) and rank0

@@ -141,6 +141,7 @@ class ClassWiseSynthesis(Attribution):
         check_int(batch_size, "batch_size", minimum=1)
         check_int(real_examples, "real_examples", minimum=0)
         clusters = check_int(clusters, "clusters", minimum=1)
+        check_bool(show_progress, "show_progress")
         seed = check_seed(seed)
         classes = parts.format_classes(classes)
         names = matched_parameter_names(model, parameters)
@@ -332,6 +333,7 @@ class ClassWiseSynthesis(Attribution):
             check_int(student_batch, "student_batch", minimum=1)
         check_number(step_scale, "step_scale", 0.0, min_inclusive=False)
         learn_step_scale = check_bool(learn_step_scale, "learn_step_scale")
+        check_bool(show_progress, "show_progress")
         seed = check_seed(seed)
         real_init = isinstance(init, str) and init == "real"
         keep = max(images_per_class if real_init else 0, real_examples)
