@@ -9,6 +9,7 @@ figures never appear in ``pyplot``'s figure list, and no window opens. Save
 one with :func:`save` (or ``fig.savefig``); show one in a notebook by
 leaving it as a cell's value.
 """
+import textwrap
 from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -275,7 +276,7 @@ def classwise_sets_figure(
             if b < len(blocks) - 1:
                 axes[c, col].axis("off")
                 col += 1
-    if title:
-        fig.suptitle(title, fontsize=8)
+    if title:  # wrapped to the figure's width (about 15 characters of 8 pt text per inch)
+        fig.suptitle(textwrap.fill(title, max(30, int(fig.get_figwidth() * 15))), fontsize=8)
     fig.tight_layout()
     return fig
