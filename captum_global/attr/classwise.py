@@ -286,8 +286,8 @@ class ClassWiseSynthesis(Attribution):
             parametrization (str): ``"pixels"`` (optimise the inputs) or
                         ``"spectrum"`` (optimise their Fourier coefficients
                         scaled by 1/frequency, as in feature visualisation:
-                        low frequencies move first, so shapes form within tens
-                        of steps instead of pixel noise; images only).
+                        low frequencies move first, giving smoother images
+                        than pixel noise; images only).
             checkpoints_per_iteration (int, optional): gradient mode: match at
                         this many checkpoints drawn at random per iteration
                         (cheaper on long trajectories). None: all of them.
