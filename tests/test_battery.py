@@ -75,11 +75,6 @@ KNOWN_OPEN = {
     'ClassWiseSynthesis/model/float16': 'state_changed: the global random state changed (call ended: cryptic_error: RuntimeError: I',
     'ClassWiseSynthesis/model/train-mode-batch-norm': 'state_changed: the global random state changed (call ended: accepted: ClassWiseResult)',
     'ClassWiseSynthesis/show_progress/string': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'metrics.trigger_energy_share/trigger_mask/wrong-size': 'vague_error: InvalidArgumentError: masks region of example 0 is empty: a metric against an',
-    'metrics.trigger_energy_share/trigger_mask/empty': 'vague_error: InvalidArgumentError: masks region of example 0 is empty: a metric against an',
-    'metrics.mad_anomaly_index/values/one-value': 'plain_error: ValueError: values must hold at least 2 entries along the last dimension, got',
-    'metrics.flag_anomalies/options/threshold-nan': 'silent_wrong: returned Tensor(4,) for a bad input',
-    'metrics.flag_anomalies/options/direction-unknown': "plain_error: ValueError: direction must be 'high', 'low' or 'both', got 'up'",
 }
 
 ALL_CASES = all_cases()
