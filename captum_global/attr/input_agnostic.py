@@ -1,8 +1,9 @@
 """Input-agnostic saliency: what a classifier attributes to a class, with no input image.
 
-Reconstruction (the paper's full text was not available; see
-``docs/input_agnostic.md``) of Akhtar & Jalwana, "Rethinking Interpretation:
-Input-Agnostic Saliency Mapping of Deep Visual Classifiers", AAAI 2023.
+Reconstruction of Akhtar & Jalwana, "Rethinking Interpretation: Input-Agnostic
+Saliency Mapping of Deep Visual Classifiers", AAAI 2023 (the paper's full text
+was not available; the documentation's "Input-agnostic saliency" page says what
+is taken from the paper and what is ours).
 """
 from typing import Callable, Dict, Optional, Tuple, Union
 
