@@ -10,8 +10,9 @@ The methods that the package's demo also shows come from its line-up
 (:data:`captum_global.lineup.LINEUP`, built from ``(model, example_input)``),
 so the demo's pictures and these numbers use identical settings:
 
-- ``sise``, ``sise_budget``: ``SISE`` with every surviving map / with
-  ``max_maps_per_layer=0.25``.
+- ``sise``, ``sise_paper``, ``sise_budget``: ``SISE`` with its defaults / with
+  the paper's settings (every kept map scored, hard Otsu fusion, logit
+  scores) / with ``max_maps_per_layer=0.25``.
 - ``gradcam``: Captum ``LayerGradCam`` on the last spatial block, ReLU on,
   upsampled bilinearly with ``LayerAttribution.interpolate``.
 - ``occlusion``: Captum ``Occlusion``, black square window of 1/8 of the
@@ -179,6 +180,7 @@ register("rise", _rise)
 BASELINES: Tuple[str, ...] = tuple(available())
 
 register("sise", _from_lineup("SISE"))
+register("sise_paper", _from_lineup("SISE (paper settings)"))
 register("sise_budget", _from_lineup("SISE (budget 25%)"))
 
 

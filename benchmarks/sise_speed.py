@@ -1,150 +1,191 @@
-"""SISE cost on one image: overhead over its own forward passes, vs Score-CAM.
+"""SISE's cost against its peers, as multiples of one forward pass, on the same images.
 
-Run: ``python benchmarks/sise_speed.py [--size 224] [--batch 64] [--device cpu]``
+Run: ``python -m benchmarks.sise_speed --models vgg,resnet,photos --n 4 --repeats 3 --out benchmarks/results``
 
-Prints, from one run (random-weight torchvision resnet18, one image):
-- SISE wall time / (its masked passes x the forward time at the same batch
-  size): the overhead of everything that is not a model evaluation
-  (gradient pass, upsampling, bookkeeping, fusion); target <= 1.10;
-- SISE wall time / pytorch_grad_cam.ScoreCAM(layer4) wall time;
-- peak extra memory of the SISE call (``benchmarks/measure.py``).
-Random weights only make the pass counts plausible; timings per pass do not
-depend on the weights.
+Per model and method, on the same ``--n`` images of the benchmark workload
+(``benchmarks.workloads``: the reference nets at 64 px, EfficientNet-Lite0 at
+224 px on the real-photo set):
 
-``--quality [--n 16]`` instead measures the budget trade-off on the shipped
-reference models: EBPG (object mask and box) and masked passes for SISE with
-every surviving map vs budgets, with Captum's LayerGradCam as a yardstick.
+- masked (perturbed) passes per image: examples through the model during the
+  call, minus the method's own plain passes (SISE and Grad-CAM: one gradient
+  pass; Score-CAM and Occlusion: one plain pass);
+- wall time per image, and as a multiple of one no-grad forward pass per
+  image (measured in the same rounds, over ``--forward-passes`` copies of the
+  images in batches of ``--batch``, so that it lasts about as long as a
+  method and sees the same load);
+- for SISE, its overhead: wall time over the time spent inside its masked
+  forward calls (target <= 1.10), and the same after its set-up (layer
+  choice and the gradient pass): the cost of grouping, upsampling masks and
+  fusion.
+
+Methods: ``SISE`` (the default), ``SISE (paper settings)`` (every kept mask
+scored, hard Otsu fusion, logit scores: the settings before adaptive
+selection), Score-CAM (``pytorch_grad_cam``, same layer as Grad-CAM), RISE
+(``benchmarks.rise``, ``--rise-masks``), Captum Occlusion (the line-up's
+window) and Grad-CAM. The machine is shared: the methods are interleaved over
+``--repeats`` rounds and each keeps its fastest round, the forward pass too.
 """
 import argparse
+import json
 import math
+import shlex
+import sys
 import time
+from pathlib import Path
+from typing import Dict, List
 
 import torch
-import torchvision
 
-from measure import EvaluationCounter, forward_time, peak_memory
+from benchmarks.measure import EvaluationCounter, forward_time
+from benchmarks.methods import LayerInfo, get_factory, pick_cam_layer
+from benchmarks.workloads import load_workload
+from captum_global.lineup import build_lineup
 
-from captum_global.attr import SISE
-from captum_global.attr._fusion import FUSIONS, fuse_layer_maps
+__all__ = ["measure_costs", "main"]
+
+METHODS = ("SISE", "SISE (paper settings)", "scorecam", "rise", "occlusion", "gradcam")
+_PLAIN_PASSES = {"SISE": 1, "SISE (paper settings)": 1, "gradcam": 1, "scorecam": 1, "occlusion": 1}
 
 
-def quality(n: int, budgets) -> None:
-    from captum.attr import LayerAttribution, LayerGradCam
+class _ForwardClock:
+    """Start times and durations of the model's forward calls while ``active``.
 
-    from captum_global.metrics import energy_pointing_game
-    from captum_global.world import ARCHS, load_reference_model, make_dataset
+    SISE's masked passes are the no-grad calls after its one gradient pass
+    (the call made with autograd on); what comes before them (layer choice,
+    gradient pass) is its set-up.
+    """
 
-    data = make_dataset(n, seed=20261123)
-    x, y = data.images, data.labels
-    for arch in ARCHS:
-        model = load_reference_model(arch, "clean")
-        acc = (model(x).argmax(1) == y).float().mean()
-        sise = SISE(model)
-        counter = EvaluationCounter(model)
-        rows = []
-        for budget in [None] + list(budgets):
-            counter.n_examples = 0
-            with counter.counting():
-                t0 = time.perf_counter()
-                attr, maps = sise.attribute(
-                    x, target=y, perturbations_per_eval=128, max_maps_per_layer=budget, return_layer_maps=True
-                )
-                dt = time.perf_counter() - t0
-            passes = (counter.n_examples - n) / n
-            rows.append((f"SISE budget={budget}", attr, passes, dt))
-            if budget is None:
-                rows += [(f"  SISE block map {name}", v, 0, 0.0) for name, v in maps.items()]
-                # fusion ablation from the same block maps (fusion runs after scoring)
-                blocks = [v[:, 0] for v in maps.values()]
-                rows += [(f"  SISE fusion={f}", fuse_layer_maps(blocks, f), 0, 0.0) for f in FUSIONS]
-        for name in sise._auto[tuple(x.shape[-2:])]:
-            gc = LayerGradCam(model, dict(model.named_modules())[name]).attribute(x, target=y, relu_attributions=True)
-            rows.append((f"LayerGradCam({name})", LayerAttribution.interpolate(gc, x.shape[-2:], "bilinear"), 0, 0.0))
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.calls: List[List[float]] = []  # [start, seconds, grad enabled]
+        self.active = False
+        self._handles = [model.register_forward_pre_hook(self._start), model.register_forward_hook(self._stop)]
+
+    def _start(self, module, args) -> None:
+        if self.active:
+            self.calls.append([time.perf_counter(), -1.0, float(torch.is_grad_enabled())])
+
+    def _stop(self, module, args, output) -> None:
+        if self.active and self.calls and self.calls[-1][1] < 0:
+            self.calls[-1][1] = time.perf_counter() - self.calls[-1][0]
+
+    def masked(self) -> List[List[float]]:
+        last_grad = max(i for i, c in enumerate(self.calls) if c[2])
+        return self.calls[last_grad + 1:]
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _explainers(work, rise_masks: int, batch: int) -> Dict[str, object]:
+    lineup = build_lineup(work.model, work.images[:1], ["SISE", "SISE (paper settings)"])
+    name, layer = pick_cam_layer(work.model, work.images[:1])
+    info = LayerInfo(name, layer, tuple(work.images.shape[-2:]), batch, {"rise_masks": rise_masks},
+                     example=work.images[:1])
+    out = dict(lineup)
+    for method in ("scorecam", "rise", "occlusion", "gradcam"):
+        out[method] = get_factory(method)(work.model, info)
+    return out
+
+
+def measure_costs(model_name: str, n: int, repeats: int, rise_masks: int, batch: int,
+                  forward_passes: int = 128) -> List[Dict[str, object]]:
+    """Rows ``{model, method, passes_per_image, seconds_per_image, time_vs_forward, ...}``.
+
+    The forward pass is timed over ``forward_passes`` copies of the images in
+    batches of ``batch``: as long as a method's own passes, so that on a
+    shared machine both see the same contention.
+    """
+    work = load_workload(model_name, n)
+    x, y = work.images[:n], work.targets[:n]
+    copies = x.repeat((forward_passes + len(x) - 1) // len(x), 1, 1, 1)[:forward_passes]
+    forward_batches = list(copies.split(batch))
+    explain = _explainers(work, rise_masks, batch)
+    counter, clock = EvaluationCounter(work.model), _ForwardClock(work.model)
+    best = {m: math.inf for m in METHODS}
+    passes, overhead, bookkeeping = {}, math.inf, math.inf
+    fwd = math.inf
+    try:
+        for _ in range(repeats):
+            fwd = min(fwd, forward_time(work.model, forward_batches, torch.device("cpu"), repeats=1))
+            for method in METHODS:
+                counter.n_examples = 0
+                clock.calls.clear()
+                with counter.counting():
+                    clock.active = method.startswith("SISE")
+                    t0 = time.perf_counter()
+                    explain[method](x, y)
+                    wall = time.perf_counter() - t0
+                    clock.active = False
+                best[method] = min(best[method], wall / len(x))
+                passes[method] = counter.n_examples / len(x) - _PLAIN_PASSES.get(method, 0)
+                if method == "SISE":
+                    masked = clock.masked()
+                    inside = sum(c[1] for c in masked)
+                    overhead = min(overhead, wall / inside)
+                    bookkeeping = min(bookkeeping, (t0 + wall - masked[0][0]) / inside)
+    finally:
         counter.close()
-        print(f"{arch} clean: accuracy on these {n} images {acc:.2f}, layers {sise._auto}")
-        for name, attr, passes, dt in rows:
-            ebpg = energy_pointing_game(attr, data.object_masks).mean()
-            box = energy_pointing_game(attr, data.boxes).mean()
-            print(f"  {name:36s} EBPG(mask) {ebpg:.3f}  EBPG(box) {box:.3f}  passes/img {passes:6.1f}  {dt:6.1f}s")
-    print(f"object area share {data.object_masks.float().mean():.3f}")
+        clock.close()
+    rows = []
+    for method in METHODS:
+        row = {"model": model_name, "method": method, "passes_per_image": passes[method],
+               "seconds_per_image": best[method], "time_vs_forward": best[method] / fwd,
+               "forward_seconds_per_image": fwd, "n_images": len(x)}
+        if method == "SISE":
+            row["wall_over_masked_passes"] = overhead
+            row["after_setup_over_masked_passes"] = bookkeeping
+        rows.append(row)
+    return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--budget", type=float, default=None, help="max_maps_per_layer for SISE")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats; best time kept")
-    parser.add_argument("--quality", action="store_true", help="budget trade-off on the reference models")
-    parser.add_argument("--n", type=int, default=16, help="images for --quality")
-    opts = parser.parse_args()
-    if opts.quality:
-        quality(opts.n, budgets=(0.5, 0.3, 8, 4))
-        return
-    device = torch.device(opts.device)
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18().eval().to(device)
-    x = torch.rand(1, 3, opts.size, opts.size, device=device)
-    target = 0
-    budget = None if opts.budget is None else (int(opts.budget) if opts.budget >= 1 else opts.budget)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+def _markdown(result: Dict[str, object]) -> str:
+    lines = ["# SISE cost against its peers", "", f"Command: `{result['command']}`", "",
+             f"Torch {result['torch']}, {result['threads']} thread(s), CPU. Each method keeps its fastest of "
+             f"{result['repeats']} interleaved rounds; the forward pass too.", "",
+             "| model | method | masked passes / image | seconds / image | x forward pass | vs paper-settings passes |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for model in dict.fromkeys(r["model"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["model"] == model]
+        paper = next(r for r in rows if r["method"] == "SISE (paper settings)")["passes_per_image"]
+        for r in rows:
+            lines.append(f"| {model} | {r['method']} | {r['passes_per_image']:.1f} | {r['seconds_per_image']:.3f} | "
+                         f"{r['time_vs_forward']:.1f} | {r['passes_per_image'] / paper:.0%} |")
+    sise = [r for r in result["rows"] if "wall_over_masked_passes" in r]
+    lines += ["", "SISE overhead, as a multiple of the time inside its masked forward calls: wall time "
+              + ", ".join(f"{r['model']} {r['wall_over_masked_passes']:.3f}" for r in sise)
+              + "; wall time after its set-up (layer choice and gradient pass) "
+              + ", ".join(f"{r['model']} {r['after_setup_over_masked_passes']:.3f}" for r in sise) + "."]
+    return "\n".join(lines) + "\n"
 
-    from pytorch_grad_cam import ScoreCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    sise = SISE(net)
-    counter = EvaluationCounter(net)
-    # warm-up (allocator, layer choice) on a budget of one map per layer
-    sise.attribute(x, target=target, perturbations_per_eval=opts.batch, max_maps_per_layer=1)
-    # Time spent inside the model's forward calls during the SISE call itself:
-    # a load-independent view of the overhead on a shared machine.
-    calls: list = []
-    def started(module, args):
-        sync(device)
-        calls.append(time.perf_counter())
-
-    def ended(module, args, output):
-        sync(device)
-        calls.append(time.perf_counter() - calls.pop())
-
-    net.register_forward_pre_hook(started)
-    net.register_forward_hook(ended)
-    # the machine is shared: interleave the three measurements, keep each one's best
-    t_sise = t_forward = t_scorecam = math.inf
-    in_call = math.inf
-    for rep in range(opts.repeats):
-        counter.n_examples = 0
-        calls.clear()
-        with counter.counting(), peak_memory(device) as mem:
-            t0 = time.perf_counter()
-            sise.attribute(x, target=target, perturbations_per_eval=opts.batch, max_maps_per_layer=budget)
-            sync(device)
-            wall = time.perf_counter() - t0
-            t_sise = min(t_sise, wall)
-            in_call = min(in_call, wall / sum(calls[1:]))  # calls[0]: the gradient pass forward
-        passes = counter.n_examples - 1  # minus the gradient pass
-        if rep == 0:
-            peak = mem
-            full, rest = divmod(passes, opts.batch)
-            batches = [torch.rand(opts.batch, 3, opts.size, opts.size, device=device)] * full
-            if rest:
-                batches.append(torch.rand(rest, 3, opts.size, opts.size, device=device))
-        t_forward = min(t_forward, forward_time(net, batches, device, repeats=1) * passes)
-        with ScoreCAM(model=net, target_layers=[net.layer4]) as cam:
-            cam.batch_size = opts.batch
-            t0 = time.perf_counter()
-            cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])
-            sync(device)
-            t_scorecam = min(t_scorecam, time.perf_counter() - t0)
-    counter.close()
-
-    print(f"device={device} size={opts.size} batch={opts.batch} repeats={opts.repeats} layers={sise._auto}")
-    print(f"SISE masked passes: {passes}, budget={budget}")
-    print(f"SISE wall {t_sise:.2f}s; passes x forward {t_forward:.2f}s; ratio {t_sise / t_forward:.3f}")
-    print(f"SISE wall / time inside its own masked forward calls (same call): {in_call:.3f}")
-    print(f"ScoreCAM(layer4, 512 passes) wall {t_scorecam:.2f}s; SISE/ScoreCAM {t_sise / t_scorecam:.3f}")
-    print(f"SISE peak extra memory {peak.peak_mb:.0f} MB ({peak.how})")
+def main(argv=None) -> Dict[str, object]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sise_speed", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vgg,resnet,photos")
+    parser.add_argument("--n", type=int, default=4, help="images per model (default 4)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rise-masks", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=32, help="Score-CAM / RISE masked inputs per call")
+    parser.add_argument("--forward-passes", type=int, default=128, help="images in the forward-pass timing")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="folder for sise_cost.md/.json (default: print only)")
+    parser.add_argument("--name", default="sise_cost")
+    opts = parser.parse_args(argv)
+    torch.set_num_threads(opts.threads)
+    command = "python -m benchmarks.sise_speed " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    rows = []
+    for model in opts.models.split(","):
+        rows += measure_costs(model, opts.n, opts.repeats, opts.rise_masks, opts.batch, opts.forward_passes)
+    result = {"command": command, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "repeats": opts.repeats, "rows": rows}
+    text = _markdown(result)
+    print(text)
+    if opts.out:
+        Path(opts.out).mkdir(parents=True, exist_ok=True)
+        Path(opts.out, f"{opts.name}.json").write_text(json.dumps(result, indent=2))
+        Path(opts.out, f"{opts.name}.md").write_text(text)
+    return result
 
 
 if __name__ == "__main__":

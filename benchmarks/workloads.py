@@ -7,6 +7,9 @@
   that ``captum_global.world`` ships, target = the model's top-1 class. No
   ground truth: only the model-truth metrics (Drop/Increase, insertion,
   deletion) are computed.
+- ``photos``: the same model on the real-photo check set
+  (``captum_global.world.photos.photo_set``: every photo scikit-image and
+  scikit-learn ship, in two views, 42 images); model-truth metrics only.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -19,7 +22,7 @@ from captum_global.errors import InvalidArgumentError
 
 __all__ = ["Workload", "load_workload", "MODEL_CHOICES"]
 
-MODEL_CHOICES = ("vgg", "resnet", "efficientnet")
+MODEL_CHOICES = ("vgg", "resnet", "efficientnet", "photos")
 _TEST_SEED_OFFSET = 1_000_003  # the world's test split seed offset (see WorldConfig)
 
 
@@ -64,6 +67,17 @@ def load_workload(name: str, n_images: int, seed: int = 0) -> Workload:
                         {"data": f"shapes test images (seed {config.seed + _TEST_SEED_OFFSET + seed})",
                          "image_size": config.image_size, "target": "true class",
                          "accuracy_on_these_images": round(accuracy, 4)})
+    if name == "photos":
+        from captum_global.world.photos import efficientnet_lite0, photo_set, real_available
+
+        if not real_available():
+            raise RuntimeError("real photos or EfficientNet-Lite0 weights are not available on this machine")
+        images, labels = photo_set()
+        images, labels = images[:n_images], labels[:n_images]
+        model = efficientnet_lite0().eval()
+        return Workload(name, model, images, _top1(model, images), None,
+                        {"data": f"photo_set(): {len(labels)} views of the photos scikit-image and scikit-learn ship",
+                         "image_size": int(images.shape[-1]), "target": "model's top-1 class"})
     if name == "efficientnet":
         try:
             from captum_global.world.photos import efficientnet_lite0, real_available, real_photos

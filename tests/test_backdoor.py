@@ -1,59 +1,285 @@
-"""Backdoor scanning: the concentration statistic and the scan's contract."""
+"""Backdoor scans: the input-agnostic scan and Neural Cleanse, on planted and shipped backdoors."""
+import math
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from captum_global.backdoor import energy_concentration, scan_for_backdoor
+from captum_global.backdoor import BackdoorScan, NeuralCleanse, neural_cleanse, scan_for_backdoor
+from captum_global.errors import InvalidArgumentError, NonFiniteOutputError
+from captum_global.metrics import flag_anomalies, mad_anomaly_index, trigger_energy_share, trigger_iou
+
+SIZE = 16
+TRIGGER = (slice(12, 15), slice(12, 15))   # a 3x3 patch near the bottom-right corner
 
 
-def _tiny(num_classes: int = 4) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                         nn.Linear(24, num_classes))
+class PlantedBackdoor(nn.Module):
+    """A 4-class model with a backdoor whose trigger and cost are known by construction.
+
+    Clean behaviour: the class is the dominant colour of the image (red,
+    green, blue) or "grey" when no channel dominates, read from the channel
+    means: flipping it needs a large share of the pixels changed. Backdoor:
+    the correlation of the ``TRIGGER`` region with a 3x3 black/white
+    checkerboard drives a large logit of class 0 (9 pixels suffice). With
+    ``backdoor=False`` it is the clean twin.
+    """
+
+    def __init__(self, backdoor: bool = True):
+        super().__init__()
+        pattern = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+        self.register_buffer("pattern", pattern.expand(3, 3, 3).clone())
+        self.backdoor = backdoor
+        self.scale = nn.Parameter(torch.tensor(12.0))
+
+    def forward(self, x):
+        means = x.mean(dim=(2, 3))                                   # [N, 3]
+        colour = self.scale * (means - means.mean(1, keepdim=True))  # red/green/blue logits
+        grey = self.scale * (0.12 - (means.max(1).values - means.min(1).values)).unsqueeze(1)
+        logits = torch.cat([grey, colour], dim=1)                    # class 0 = grey
+        if self.backdoor:
+            region = 2 * x[:, :, TRIGGER[0], TRIGGER[1]] - 1
+            match = (region * (2 * self.pattern - 1)).mean(dim=(1, 2, 3))   # 1 for the exact trigger
+            logits = logits + torch.cat([30.0 * torch.sigmoid(8 * (match - 0.6)).unsqueeze(1),
+                                         torch.zeros(x.shape[0], 3)], dim=1)
+        return logits
 
 
-def test_energy_concentration_by_hand():
-    maps = torch.zeros(2, 1, 10, 10)
-    maps[0, 0, 0, 0] = 3.0          # all energy on one pixel
-    maps[0, 0, 5, 5] = 1.0
-    maps[1] = 1.0                   # spread evenly
-    share = energy_concentration(maps, top_fraction=0.01)   # top 1 pixel of 100
-    assert torch.allclose(share, torch.tensor([0.75, 0.01]))
-    with pytest.raises(ValueError, match="top_fraction"):
-        energy_concentration(maps, top_fraction=0.0)
+def coloured_images(n: int, seed: int = 0) -> torch.Tensor:
+    """Images whose dominant channel cycles through the three colours (and grey)."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 + 0.2 * torch.rand(n, 3, SIZE, SIZE, generator=g)
+    for i in range(n):
+        if i % 4:
+            x[i, (i % 4) - 1] += 0.35
+    return x.clamp(0, 1)
 
 
-def test_concentration_ignores_scale_and_sign():
-    maps = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(energy_concentration(maps), energy_concentration(-5.0 * maps))
+FAST_SCAN = dict(n_steps=64, batch_size=12, check_every=4, cells=SIZE)
+FAST_NC = dict(n_epochs=30, batch_size=12, patience=2)
 
 
-def test_scan_contract_and_model_untouched():
-    model = _tiny().train()
+@pytest.fixture(scope="module")
+def clean():
+    return coloured_images(48)
+
+
+# ---------------------------------------------------------------- planted backdoor, both scans
+
+
+def test_planted_model_behaves_as_designed(clean):
+    model, twin = PlantedBackdoor(), PlantedBackdoor(backdoor=False)
+    labels = torch.arange(48) % 4
+    with torch.no_grad():
+        assert torch.equal(twin(clean).argmax(1), labels)
+        assert torch.equal(model(clean).argmax(1), labels)
+        stamped = clean.clone()
+        stamped[:, :, TRIGGER[0], TRIGGER[1]] = model.pattern
+        assert bool((model(stamped).argmax(1) == 0).all())
+        assert torch.equal(twin(stamped).argmax(1), labels)
+
+
+def trigger_region():
+    region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    region[TRIGGER] = True
+    return region
+
+
+@pytest.mark.parametrize("scan", ["input-agnostic", "neural cleanse"])
+def test_planted_trigger_found_and_twin_clean(clean, scan):
+    def run(model):
+        if scan == "input-agnostic":
+            return scan_for_backdoor(model, clean[:1], clean_inputs=clean, trigger_mask=trigger_region(),
+                                     seed=0, **FAST_SCAN)
+        return neural_cleanse(model, clean, trigger_mask=trigger_region(), seed=0, **FAST_NC)
+
+    backdoored, twin = run(PlantedBackdoor()), run(PlantedBackdoor(backdoor=False))
+    assert backdoored.flagged == [0] and backdoored.suspect == 0
+    assert twin.flagged == []
+    # the 3x3 trigger needs few pixels; every clean class needs more than twice as many
+    l1 = backdoored.statistics["mask_l1"]
+    assert float(l1[0]) < 40 and bool((l1[1:] > 2 * l1[0]).all())
+    # the suspected trigger overlaps the planted one and flips the held-out clean inputs
+    assert float(backdoored.localisation["iou"][0]) > 0.3
+    assert float(backdoored.attack_success[0]) >= 0.9
+
+
+def test_scan_result_contract(clean):
+    scan = scan_for_backdoor(PlantedBackdoor(), clean[:1], clean_inputs=clean, seed=0, **FAST_SCAN)
+    assert isinstance(scan, BackdoorScan)
+    k = len(scan.classes)
+    assert scan.maps.shape == (k, 3, SIZE, SIZE) and scan.trigger_masks.shape == (k, SIZE, SIZE)
+    assert scan.trigger_patterns.shape == (k, 3, SIZE, SIZE)
+    assert bool(((scan.trigger_masks >= 0) & (scan.trigger_masks <= 1)).all())
+    info = scan.as_dict()
+    import json
+
+    assert json.loads(json.dumps(info))["flagged"] == scan.flagged
+    text = scan.summary()
+    assert "FLAGGED" in text and len(text.splitlines()) == 2 + k
+
+
+def test_scans_are_seeded_and_leave_the_model_alone(clean):
+    model = PlantedBackdoor().train()
+    model.scale.requires_grad_(True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trigger = torch.zeros(12, 12, dtype=torch.bool)
-    trigger[-3:, -3:] = True
-    scan = scan_for_backdoor(model, torch.zeros(1, 3, 12, 12), trigger_mask=trigger, n_steps=3,
-                             samples_per_step=2)
-    assert scan.classes == [0, 1, 2, 3]
-    assert scan.maps.shape == (4, 3, 12, 12)
-    assert scan.statistic.shape == scan.anomaly_index.shape == scan.trigger_energy.shape == (4,)
-    assert ((scan.trigger_energy >= 0) & (scan.trigger_energy <= 1)).all()
-    assert scan.suspect == int(scan.statistic.argmax())
-    assert set(scan.flagged) <= set(scan.classes)
-    assert scan.num_evaluations > 0
-    assert set(scan.as_dict()) >= {"statistic", "anomaly_index", "flagged", "suspect", "trigger_energy"}
-    assert model.training
+    rng = torch.get_rng_state()
+    a = scan_for_backdoor(model, clean[:1], clean_inputs=clean, seed=3, **dict(FAST_SCAN, n_steps=8))
+    b = scan_for_backdoor(model, clean[:1], clean_inputs=clean, seed=3, **dict(FAST_SCAN, n_steps=8))
+    neural_cleanse(model, clean, seed=3, n_epochs=2)
+    assert torch.equal(a.trigger_masks, b.trigger_masks) and torch.equal(a.statistics["mask_l1"], b.statistics["mask_l1"])
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training and model.scale.requires_grad and model.scale.grad is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_scan_is_deterministic_under_seed():
-    model = _tiny()
-    a = scan_for_backdoor(model, torch.zeros(1, 3, 12, 12), n_steps=2, samples_per_step=2, seed=3)
-    b = scan_for_backdoor(model, torch.zeros(1, 3, 12, 12), n_steps=2, samples_per_step=2, seed=3)
-    assert torch.equal(a.maps, b.maps)
+# ---------------------------------------------------------------- argument errors
 
 
-def test_scan_needs_three_classes():
-    with pytest.raises(ValueError, match="classes"):
-        scan_for_backdoor(_tiny(), torch.zeros(1, 3, 12, 12), classes=[0, 1], n_steps=1)
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+
+
+class TupleModel(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3)), x.amax(dim=(2, 3))
+
+
+BAD = [
+    (dict(classes=[0, 1, 1, 2]), InvalidArgumentError, "classes must not repeat"),
+    (dict(classes=[0.0, 1.0, 2.0]), TypeError, "classes must hold ints"),
+    (dict(classes=[0, 1]), InvalidArgumentError, "at least 3 classes"),
+    (dict(classes=[0, 1, 7]), InvalidArgumentError, "out of range"),
+    (dict(threshold=math.nan), InvalidArgumentError, "threshold"),
+    (dict(threshold=math.inf), InvalidArgumentError, "threshold"),
+    (dict(threshold=0.0), InvalidArgumentError, "threshold"),
+    (dict(trigger_mask=torch.ones(5, 5, dtype=torch.bool)), InvalidArgumentError, "trigger_mask"),
+    (dict(trigger_mask=torch.zeros(SIZE, SIZE, dtype=torch.bool)), InvalidArgumentError, "trigger_mask"),
+    (dict(seed=-2), InvalidArgumentError, "seed"),
+    (dict(batch_size=0), InvalidArgumentError, "batch_size"),
+    (dict(attack_success=1.5), InvalidArgumentError, "attack_success"),
+    (dict(steps=3), TypeError, "unknown option"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,match", BAD)
+def test_scan_argument_errors(clean, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        scan_for_backdoor(tiny_model(), clean[:1], clean_inputs=clean[:8], **dict(dict(n_steps=1), **kwargs))
+
+
+@pytest.mark.parametrize("kwargs,error,match", BAD)
+def test_neural_cleanse_argument_errors(clean, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        neural_cleanse(tiny_model(), clean[:8], **dict(dict(n_epochs=1), **kwargs))
+
+
+def test_empty_batches_and_tuple_models_are_refused(clean):
+    with pytest.raises(InvalidArgumentError, match="example_input"):
+        scan_for_backdoor(tiny_model(), clean[:0])
+    with pytest.raises(InvalidArgumentError, match="clean_inputs"):
+        scan_for_backdoor(tiny_model(), clean[:1], clean_inputs=clean[:0])
+    with pytest.raises(InvalidArgumentError, match="clean_inputs"):
+        neural_cleanse(tiny_model(), clean[:0])
+    with pytest.raises(TypeError, match="model must return one tensor"):
+        scan_for_backdoor(TupleModel(), clean[:1], clean_inputs=clean[:8], n_steps=1)
+    with pytest.raises(TypeError, match="model must return one tensor"):
+        neural_cleanse(TupleModel(), clean[:8], n_epochs=1)
+    with pytest.raises(TypeError, match="model"):
+        scan_for_backdoor(lambda x: x, clean[:1])
+    with pytest.raises(InvalidArgumentError, match="clean_inputs"):
+        scan_for_backdoor(tiny_model(), clean[:1], clean_inputs=clean[:4, :, :8])
+
+
+class NaNModel(nn.Module):
+    def forward(self, x):
+        out = x.mean(dim=(2, 3)).repeat(1, 2)[:, :4]
+        return out * float("nan") if torch.is_grad_enabled() else out
+
+
+def test_nan_during_optimisation_raises(clean):
+    with pytest.raises(NonFiniteOutputError, match="scan_for_backdoor"):
+        scan_for_backdoor(NaNModel(), clean[:1], clean_inputs=clean[:8], n_steps=1)
+    with pytest.raises(NonFiniteOutputError, match="Neural Cleanse"):
+        neural_cleanse(NaNModel(), clean[:8], n_epochs=1)
+
+
+# ---------------------------------------------------------------- the statistics by hand
+
+
+def test_mad_index_by_hand_and_flag_direction():
+    norms = torch.tensor([9.0, 40.0, 44.0, 50.0, 38.0])
+    # median 40, |deviations| 31, 0, 4, 10, 2 -> MAD 4; scale 1.4826 * 4
+    expected = torch.tensor([31.0, 0.0, 4.0, 10.0, 2.0]) / (1.4826 * 4)
+    assert torch.allclose(mad_anomaly_index(norms), expected)
+    assert flag_anomalies(norms, direction="low").tolist() == [True, False, False, False, False]
+    # 50 is 10 / 5.93 = 1.69 above: not an outlier; "high" flags nothing
+    assert not bool(flag_anomalies(norms, direction="high").any())
+    # leave-one-out: class 0 against [40, 44, 50, 38]: median 42, MAD 3 -> (42 - 9) / 4.4478
+    loo = mad_anomaly_index(norms, leave_one_out=True)
+    assert math.isclose(float(loo[0]), 33 / (1.4826 * 3), rel_tol=1e-5)
+    # a floor on the scale: (42 - 9) / 10
+    assert math.isclose(float(mad_anomaly_index(norms, leave_one_out=True, min_scale=10.0)[0]), 3.3, rel_tol=1e-5)
+
+
+def test_scan_flags_the_low_side_only():
+    # A stand-in for the scan's decision: the smallest norm is flagged, the
+    # largest (hard to reach) never, however extreme.
+    norms = torch.tensor([60.0, 58.0, 62.0, 5.0, 900.0])
+    flags = flag_anomalies(norms.log(), direction="low")
+    assert flags.tolist() == [False, False, False, True, False]
+
+
+def test_localisation_metrics_by_hand():
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[2:, 2:] = True
+    masks = torch.zeros(2, 4, 4)
+    masks[0, 2:, 2:] = 0.5            # all on the trigger
+    masks[1, :2, :2] = 1.0            # all off
+    masks[1, 3, 3] = 1.0              # one of 5 pixels on
+    assert torch.allclose(trigger_energy_share(masks, region, sign="absolute", normalize=False),
+                          torch.tensor([1.0, 0.2]))
+    # top-4 pixels of map 1: the 4 off-trigger ones tie with the one on it; raster order keeps (0,0),(0,1),(1,0),(1,1)
+    assert torch.allclose(trigger_iou(masks, region), torch.tensor([1.0, 0.0]))
+
+
+# ---------------------------------------------------------------- shipped models
+
+
+# The shipped pair both scans get right with their defaults in the zoo benchmark (same clean
+# set): the ResNet with the 6x6 patch (target 0) and its clean twin. Default settings on 100
+# clean images cost about 20 s per scan (ours) and 40 s (Neural Cleanse) of one CPU core, hence
+# slow. Cheaper settings were tried and do not hold: on 40 images, 60 steps of 10 inputs (checks
+# every 2 steps), 100 steps of 8 or 120 steps of 5 flag class 4 or nothing on the backdoored
+# ResNet (the cost schedule has not converged); the fast tests above use a model whose backdoor
+# is built in instead.
+SHIPPED_CLEAN_SEED = 20_261_125   # the clean set of benchmarks/backdoor_scan.py
+
+
+@pytest.fixture(scope="module")
+def shipped_pair():
+    from captum_global.world import load_reference_model, make_dataset
+
+    return (load_reference_model("resnet", "patch"), load_reference_model("resnet", "clean"),
+            make_dataset(100, seed=SHIPPED_CLEAN_SEED).images)
+
+
+@pytest.mark.slow
+def test_scan_finds_the_shipped_patch_backdoor_and_spares_its_twin(shipped_pair):
+    from captum_global.world import reference_target_class
+
+    backdoored_model, twin_model, clean = shipped_pair
+    backdoored = scan_for_backdoor(backdoored_model, clean[:1], clean_inputs=clean, seed=0)
+    twin = scan_for_backdoor(twin_model, clean[:1], clean_inputs=clean, seed=0)
+    assert backdoored.flagged == [reference_target_class()]
+    assert twin.flagged == []
+
+
+@pytest.mark.slow
+def test_neural_cleanse_finds_the_shipped_patch_backdoor_and_spares_its_twin(shipped_pair):
+    from captum_global.world import reference_target_class
+
+    backdoored_model, twin_model, clean = shipped_pair
+    assert neural_cleanse(backdoored_model, clean, seed=0).flagged == [reference_target_class()]
+    assert neural_cleanse(twin_model, clean, seed=0).flagged == []

@@ -55,60 +55,6 @@ def representative(cases):
 
 # Still open on this branch, in parts of the package other engineers are reworking (attr/, backdoor*, cli).
 KNOWN_OPEN = {
-    'SISE/target/bool': 'silent_wrong: returned Tensor(2, 3, 16, 16) for a bad input',
-    'SISE/inputs/nan': 'plain_error: ValueError: inputs must be finite; input 0 holds NaN or inf',
-    'SISE/inputs/inference-mode': 'refused_valid: RuntimeError: Inference tensors do not track version counter.',
-    'SISE/forward_func/returns-tuple': "cryptic_error: AttributeError: 'tuple' object has no attribute 'shape'",
-    'SISE/baselines/nan': 'silent_wrong: returned Tensor(2, 3, 16, 16) for a bad input',
-    'SISE/mu/nan': 'plain_error: ValueError: mu must be a number, got NaN',
-    'SISE/score/unknown-name': "plain_error: ValueError: score must be one of ('logit', 'softmax') or a callable, got 'pro",
-    'SISE/fusion/unknown': "plain_error: ValueError: fusion must be one of ('otsu', 'soft-otsu', 'mean', 'none'), got ",
-    'SISE/max_maps_per_layer/zero': 'plain_error: ValueError: max_maps_per_layer must be an int >= 1 or a fraction in (0, 1], g',
-    'SISE/max_maps_per_layer/numpy-int': 'refused_valid: TypeError: max_maps_per_layer must be None, an int or a float, got int64',
-    'SISE/perturbations_per_eval/zero': 'plain_error: ValueError: perturbations_per_eval must be a positive int, got 0',
-    'SISE/perturbations_per_eval/numpy-int': 'refused_valid: ValueError: perturbations_per_eval must be a positive int, got np.int64(5)',
-    'SISE/show_progress/string': 'silent_wrong: returned Tensor(2, 3, 16, 16) for a bad input',
-    'SISE/return_layer_maps/string': 'silent_wrong: returned (Tensor(2, 3, 16, 16), dict) for a bad input',
-    'InputAgnosticSaliency/target/int': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/target/bool': 'plain_error: ValueError: target must be an int class index or a list of them, got True',
-    'InputAgnosticSaliency/inputs/empty-batch': 'plain_error: ValueError: inputs must hold at least one example (dimension 0 is the batch)',
-    'InputAgnosticSaliency/inputs/inference-mode': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/forward_func/returns-tuple': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_s',
-    'InputAgnosticSaliency/forward_func/train-mode-batch-norm': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/eps/nan': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/step_size/inf': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/radius/nan': 'plain_error: ValueError: radius must be a finite number > 0, got nan',
-    'InputAgnosticSaliency/radius/numpy-float': 'refused_valid: ValueError: radius must be a finite number > 0, got np.float32(8.0)',
-    'InputAgnosticSaliency/n_steps/zero': 'plain_error: ValueError: n_steps must be an int >= 1, got 0',
-    'InputAgnosticSaliency/n_steps/numpy-int': 'refused_valid: ValueError: n_steps must be an int >= 1, got np.int64(2)',
-    'InputAgnosticSaliency/samples_per_step/zero': 'plain_error: ValueError: samples_per_step must be an int >= 1, got 0',
-    'InputAgnosticSaliency/samples_per_step/numpy-int': 'refused_valid: ValueError: samples_per_step must be an int >= 1, got np.int32(2)',
-    'InputAgnosticSaliency/norm/unknown': "plain_error: ValueError: norm must be one of ('linf', 'l2'), got 'l1'",
-    'InputAgnosticSaliency/norm/linf': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/betas/above-one': 'plain_error: ValueError: betas must be two numbers in [0, 1), got (1.5, 0.9)',
-    'InputAgnosticSaliency/value_range/inverted': 'plain_error: ValueError: value_range must be (low, high) with low < high, or None; got (1.',
-    'InputAgnosticSaliency/value_range/none': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/refine/unknown': "plain_error: ValueError: refine must be 'smooth', 'blur', 'none' or a callable, got 'sharp",
-    'InputAgnosticSaliency/smooth_sigma/negative': 'plain_error: ValueError: smooth_sigma must be >= 0, got -1.0',
-    'InputAgnosticSaliency/suppress/one': 'plain_error: ValueError: suppress must be in [0, 1), got 1.0',
-    'InputAgnosticSaliency/scale/unknown': "plain_error: ValueError: scale must be one of ('minmax', 'max', 'none'), got 'log'",
-    'InputAgnosticSaliency/seed/negative': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/seed/none': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/distribution/unknown': "plain_error: ValueError: distribution must be 'uniform', 'gaussian', a callable (n, shape,",
-    'InputAgnosticSaliency/distribution/gaussian': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/show_progress/string': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'InputAgnosticSaliency/return_perturbation/string': 'state_changed: public state kept on the InputAgnosticSaliency object between calls (last_c',
-    'scan_for_backdoor/classes/duplicates': 'silent_wrong: returned BackdoorScan for a bad input',
-    'scan_for_backdoor/threshold/nan': 'silent_wrong: returned BackdoorScan for a bad input',
-    'scan_for_backdoor/trigger_mask/wrong-size': 'silent_wrong: returned BackdoorScan for a bad input',
-    'scan_for_backdoor/example_input/empty-batch': 'cryptic_error: RuntimeError: The expanded size of the tensor (3) must match the existing s',
-    'scan_for_backdoor/seed/negative': 'silent_wrong: returned BackdoorScan for a bad input',
-    'scan_for_backdoor/model/returns-tuple': "cryptic_error: AttributeError: 'tuple' object has no attribute 'shape'",
-    'metrics.trigger_energy_share/trigger_mask/wrong-size': 'vague_error: InvalidArgumentError: masks region of example 0 is empty: a metric against an',
-    'metrics.trigger_energy_share/trigger_mask/empty': 'vague_error: InvalidArgumentError: masks region of example 0 is empty: a metric against an',
-    'metrics.mad_anomaly_index/values/one-value': 'plain_error: ValueError: values must hold at least 2 entries along the last dimension, got',
-    'metrics.flag_anomalies/options/threshold-nan': 'silent_wrong: returned Tensor(4,) for a bad input',
-    'metrics.flag_anomalies/options/direction-unknown': "plain_error: ValueError: direction must be 'high', 'low' or 'both', got 'up'",
 }
 
 ALL_CASES = all_cases()
@@ -320,9 +266,8 @@ def _input_agnostic(target):
 
 
 @pytest.mark.parametrize("method", [
-    pytest.param(_sise, id="SISE", marks=pytest.mark.xfail(strict=True, reason="open in issue 8 (attr/sise.py)")),
-    pytest.param(_input_agnostic, id="InputAgnosticSaliency",
-                 marks=pytest.mark.xfail(strict=True, reason="open in issue 8 (attr/input_agnostic.py)")),
+    pytest.param(_sise, id="SISE"),
+    pytest.param(_input_agnostic, id="InputAgnosticSaliency"),
 ])
 def test_targets_follow_captum_rules_in_the_methods(method):
     @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

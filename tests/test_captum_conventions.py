@@ -25,28 +25,6 @@ from captum_global.errors import InvalidArgumentError
 N, CLASSES = 3, 4
 IAS_FAST = {"n_steps": 2, "samples_per_step": 2, "seed": 0}
 
-# Problems these tests found in files other engineers own; each mark names it.
-XFAIL_SISE_TARGETS = pytest.mark.xfail(
-    strict=True,
-    reason="attr/sise.py parses targets itself: bad targets raise plain ValueError (not the AssertionError "
-    "Captum's callers catch), and (2,), -1 are refused while [1] for 3 examples is broadcast (issue 8/12)",
-)
-XFAIL_IAS_TARGETS = pytest.mark.xfail(
-    strict=True,
-    reason="attr/input_agnostic.py parses targets itself: bad targets raise plain ValueError, and tuples, "
-    "negative ints, NumPy ints/arrays are refused (issue 8/12)",
-)
-XFAIL_CONVERGENCE_DELTA = pytest.mark.xfail(
-    strict=True,
-    reason="InputAgnosticSaliency.compute_convergence_delta returns numbers although has_convergence_delta() "
-    "is False (issue 12, engineer B)",
-)
-XFAIL_TORCHSCRIPT = pytest.mark.xfail(
-    strict=True,
-    reason="SISE on a TorchScript model fails with misleading errors ('model has no spatial layer', "
-    "'did not run', a RuntimeError from torch) instead of saying TorchScript is unsupported (issue 12, engineer E)",
-)
-
 
 class ErrorModule(nn.Module):
     """Stands in for a layer and fails, as Captum's hook-removal test does."""
@@ -114,7 +92,6 @@ def attribute(name, model, inputs, target, noise_tunnel=False, **kwargs):
 
 
 METHODS = ["SISE", "InputAgnosticSaliency"]
-TARGET_MARKS = {"SISE": XFAIL_SISE_TARGETS, "InputAgnosticSaliency": XFAIL_IAS_TARGETS}
 
 
 # ---------------------------------------------------------------- hooks and model state
@@ -141,7 +118,7 @@ BAD_TARGETS = {
 
 @pytest.mark.parametrize("bad", list(BAD_TARGETS.values()), ids=list(BAD_TARGETS))
 @pytest.mark.parametrize("noise_tunnel", [False, True], ids=["plain", "noise_tunnel"])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=TARGET_MARKS[n]) for n in METHODS])
+@pytest.mark.parametrize("name", METHODS)
 def test_bad_target_raises_assertion_error_and_leaves_no_hook(name, noise_tunnel, bad, model, inputs):
     before = snapshot(model)
     with pytest.raises(AssertionError):
@@ -158,7 +135,7 @@ def test_failing_layer_leaves_no_hook(name, model, inputs):
     assert_unchanged(model, before)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=TARGET_MARKS[n]) for n in METHODS])
+@pytest.mark.parametrize("name", METHODS)
 def test_missing_target_for_a_multi_class_model_is_an_assertion_error(name, model, inputs):
     with pytest.raises(AssertionError, match="target"):
         attribute(name, model, inputs, None)
@@ -198,21 +175,7 @@ TARGET_FORMATS = {
 }
 
 
-def _passes_today(name, fmt):
-    """Formats each method already accepts as Captum does (the rest are marked)."""
-    if name == "SISE":
-        return fmt not in ("negative_int", "tuple")
-    return fmt in ("int", "one_element_tensor", "tensor")
-
-
-@pytest.mark.parametrize(
-    "name,fmt",
-    [
-        pytest.param(n, f, marks=() if _passes_today(n, f) else TARGET_MARKS[n])
-        for n in METHODS
-        for f in TARGET_FORMATS
-    ],
-)
+@pytest.mark.parametrize("name,fmt", [(n, f) for n in METHODS for f in TARGET_FORMATS])
 def test_every_captum_target_format_equals_the_per_example_list(name, fmt, model, inputs):
     target, per_example = TARGET_FORMATS[fmt]
     expected = attribute(name, model, inputs, per_example)
@@ -265,7 +228,6 @@ def test_captum_api_surface(name, model, inputs):
     assert not inputs.requires_grad
 
 
-@XFAIL_CONVERGENCE_DELTA
 def test_no_convergence_delta_where_has_convergence_delta_is_false(model, inputs):
     method = InputAgnosticSaliency(model)
     maps = method.attribute(inputs, target=[1, 2, 0], **IAS_FAST)
@@ -306,7 +268,6 @@ def test_input_agnostic_saliency_on_torchscript_equals_eager(compile_mode, model
     torch.testing.assert_close(Saliency(scripted).attribute(inputs, target=1), Saliency(model).attribute(inputs, target=1))
 
 
-@XFAIL_TORCHSCRIPT
 @pytest.mark.parametrize("compile_mode", ["trace", "script"])
 def test_sise_says_torchscript_is_unsupported(compile_mode, model, inputs):
     """SISE reads layer activations through forward hooks, which TorchScript modules do not run."""

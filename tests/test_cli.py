@@ -191,21 +191,15 @@ def test_scan_by_reference_name_reports_the_planted_trigger(tmp_path, capsys):
     report = json.loads((out / "scan.json").read_text())
     assert report["model"] == {"reference": "resnet_blended"}
     # the planted trigger's region reached the scan: it reports each class's overlap with it
-    # (trigger_energy in the first scan, localisation in the scan with suspected triggers)
-    ours = report["methods"]["ours"]
-    overlap = ours.get("trigger_energy") or ours.get("localisation")
-    assert overlap and len(overlap if isinstance(overlap, list) else next(iter(overlap.values()))) == 3
+    localisation = report["methods"]["ours"]["localisation"]
+    assert set(localisation) == {"energy_share", "iou"} and all(len(v) == 3 for v in localisation.values())
+    assert all(0 <= v <= 1 for values in localisation.values() for v in values)
 
 
 def test_scan_with_both_methods(tmp_path, capsys):
-    from captum_global import backdoor
-
     out = tmp_path / "both"
     argv = ["scan", "--reference", "vgg_patch", "--method", "both", "--classes", "0,1,4", "--steps", "1",
             "--max-clean", "12", "--out", str(out), "--quiet"]
-    if not hasattr(backdoor, "neural_cleanse"):  # until Neural Cleanse lands: refused up front, nothing written
-        assert "has no backdoor.neural_cleanse" in usage_error(argv, capsys) and not out.exists()
-        return
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "== ours ==" in printed and "== neural-cleanse ==" in printed
@@ -214,6 +208,9 @@ def test_scan_with_both_methods(tmp_path, capsys):
     report = json.loads((out / "scan.json").read_text())
     assert set(report["methods"]) == {"ours", "neural-cleanse"} and report["settings"]["clean_samples"] == 12
     assert all(m["classes"] == [0, 1, 4] for m in report["methods"].values())
+    # --steps is each method's own length: optimisation steps of ours, epochs of Neural Cleanse
+    assert report["methods"]["ours"]["settings"]["n_steps"] == 1
+    assert report["methods"]["neural-cleanse"]["settings"]["n_epochs"] == 1
 
 
 def test_scan_a_user_state_dict_with_clean_samples(user_files, tmp_path, capsys):

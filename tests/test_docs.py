@@ -23,13 +23,8 @@ API = "API reference (docstrings and module sources)"
 MACHINE_PATHS = re.compile(r"/work/|shared/papers|\.venv/bin")
 
 # Pages other engineers are rewriting; each mark names what is wrong today.
-KNOWN_BROKEN = {
-    "measurements/explain": "links ../../benchmarks/results/explain_throughput.md, a file outside the site",
-    "use/backdoor": "links ../benchmarks/results/backdoor_scan.md, not a file of the site (and not ../../)",
-}
+KNOWN_BROKEN = {}
 KNOWN_MACHINE_PATHS = {
-    "use/sise": "cites the method-notes path and .venv/bin commands",
-    "use/input_agnostic": "cites the method-notes path and .venv/bin commands",
 }
 
 

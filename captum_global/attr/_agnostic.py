@@ -5,23 +5,29 @@ projection, refinement) can be tested on its own; the algorithm itself reads
 top to bottom in ``input_agnostic.py``.
 """
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_global._maps import minmax_normalise, to_heatmap
+from captum_global._checks import check_finite_output, check_model_output
+from captum_global._maps import NO_SIGNAL_RTOL, minmax_normalise, to_heatmap
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
     "uniform",
     "gaussian",
+    "smooth",
     "make_samplers",
     "class_loss_gradient",
+    "optimise_perturbations",
     "project",
     "refine_smooth",
     "refine_blur",
+    "apply_refine",
     "magnitude_map",
+    "map_of",
     "scale_maps",
 ]
 
@@ -55,6 +61,32 @@ def gaussian(mean: float = 0.5, std: float = 0.25) -> Callable[[int, Tuple[int, 
     return draw
 
 
+# Smooth noise is drawn on a grid this many times coarser than the image
+# and upsampled bilinearly: blobs of about the size of an object part.
+SMOOTH_CELL = 8
+
+
+def smooth(low: float = 0.0, high: float = 1.0, cell: int = SMOOTH_CELL):
+    """Distribution callable: uniform noise on a ``cell``-times coarser grid, bilinearly upsampled.
+
+    Image-shaped samples ``[n, C, H, W]`` only; other shapes fall back to
+    i.i.d. uniform noise.
+    """
+    if not high > low:
+        raise ValueError(f"smooth needs high > low, got low={low}, high={high}")
+
+    def draw(n: int, shape: Tuple[int, ...], generator: torch.Generator) -> Tensor:
+        if len(shape) != 3:
+            return low + (high - low) * torch.rand((n,) + tuple(shape), generator=generator)
+        c, h, w = shape
+        coarse = torch.rand((n, c, max(1, math.ceil(h / cell)) + 1, max(1, math.ceil(w / cell)) + 1),
+                            generator=generator)
+        grid = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
+        return low + (high - low) * grid
+
+    return draw
+
+
 def make_samplers(
     distribution,
     shapes: Sequence[Tuple[int, ...]],
@@ -72,34 +104,38 @@ def make_samplers(
             distribution = uniform(low, high)
         elif distribution == "gaussian":
             distribution = gaussian((low + high) / 2, GAUSSIAN_STD_FRACTION * (high - low))
+        elif distribution == "smooth":
+            distribution = smooth(low, high)
         else:
-            raise ValueError(
-                f"distribution must be 'uniform', 'gaussian', a callable "
+            raise InvalidArgumentError(
+                f"distribution must be 'smooth', 'uniform', 'gaussian', a callable "
                 f"(n, shape, generator) -> Tensor or a Tensor of samples; got {distribution!r}"
             )
     if isinstance(distribution, Tensor):
         distribution = (distribution,)
     if isinstance(distribution, tuple):
         if len(distribution) != len(shapes) or not all(isinstance(d, Tensor) for d in distribution):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"distribution given as samples must be one tensor per input "
                 f"({len(shapes)} expected), got {len(distribution)} item(s)"
             )
         samplers = []
         for pool, shape, ref in zip(distribution, shapes, like):
             if pool.dim() < 1 or tuple(pool.shape[1:]) != tuple(shape) or pool.shape[0] == 0:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"distribution samples must have shape [M, {', '.join(map(str, shape))}] "
                     f"with M > 0, got {tuple(pool.shape)}"
                 )
+            if not pool.is_floating_point():
+                raise InvalidArgumentTypeError(f"distribution samples must be floating point, got {pool.dtype}")
             if not torch.isfinite(pool).all():
-                raise ValueError("distribution samples contain NaN or infinite values")
+                raise InvalidArgumentError("distribution samples contain NaN or infinite values")
             samplers.append(_pool_sampler(pool.detach().to(ref.device, ref.dtype)))
         return samplers
     if callable(distribution):
         return [_callable_sampler(distribution, shape, ref) for shape, ref in zip(shapes, like)]
-    raise TypeError(
-        f"distribution must be 'uniform', 'gaussian', a callable or a Tensor, "
+    raise InvalidArgumentTypeError(
+        f"distribution must be 'smooth', 'uniform', 'gaussian', a callable or a Tensor, "
         f"got {type(distribution).__name__}"
     )
 
@@ -118,11 +154,11 @@ def _callable_sampler(fn: Callable, shape: Tuple[int, ...], ref: Tensor) -> Samp
         out = fn(n, tuple(shape), generator)
         if not isinstance(out, Tensor) or tuple(out.shape) != (n,) + tuple(shape):
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"distribution callable must return a Tensor of shape {(n,) + tuple(shape)}, got {got}"
             )
         if not torch.isfinite(out).all():
-            raise ValueError("distribution callable returned NaN or infinite values")
+            raise InvalidArgumentError("distribution callable returned NaN or infinite values")
         return out.to(ref.device, ref.dtype)
 
     return draw
@@ -133,25 +169,109 @@ def class_loss_gradient(
     points: Tuple[Tensor, ...],
     targets: Tensor,
     additional_forward_args: Optional[Tuple] = None,
-) -> Tuple[Tensor, ...]:
+    what: str = "InputAgnosticSaliency",
+    where: str = "",
+) -> Tuple[Tuple[Tensor, ...], bool]:
     """Gradient of each point's own cross-entropy towards its target class.
 
     Row ``i`` of the result is ``d CE(f(points_i), targets_i) / d points_i``
     (the loss is summed over rows, so rows do not share a 1/n factor). In
     Captum's terms this is ``-Saliency(log_softmax o f).attribute(points,
     target=targets, abs=False)``: descending it raises class ``targets_i``.
+
+    Returns:
+        ``(gradients, varies)``: ``varies`` is False when the model gave the
+        same scores (up to float round-off) to every point, i.e. its output
+        does not depend on the input there; the gradients are then round-off
+        and the caller treats them as zero.
     """
     points = tuple(p.detach().requires_grad_(True) for p in points)
     args = points if additional_forward_args is None else points + tuple(additional_forward_args)
     with torch.enable_grad():
-        logits = forward_func(*args)
+        logits = check_model_output(forward_func(*args))
         if logits.dim() != 2:
-            raise ValueError(
-                f"the model must return [batch, classes] scores, got shape {tuple(logits.shape)}"
+            raise InvalidArgumentError(
+                f"forward_func must return [batch, classes] scores, got shape {tuple(logits.shape)}"
             )
+        check_finite_output(logits.detach(), what, where)
         loss = F.cross_entropy(logits.float(), targets.to(logits.device), reduction="sum")
         grads = torch.autograd.grad(loss, points)
-    return tuple(g.detach() for g in grads)
+    grads = tuple(g.detach() for g in grads)
+    for g in grads:
+        check_finite_output(g, what, f"{where} (gradient)")
+    return grads, _output_varies(points, logits.detach())
+
+
+def _output_varies(points: Tuple[Tensor, ...], scores: Tensor) -> bool:
+    """False when distinct points all got the same scores (up to float round-off)."""
+    if scores.shape[0] < 2 or not any(bool((p[1:] != p[:1]).any()) for p in points):
+        return True  # one point, or identical points: nothing to judge by
+    scores = scores.float()
+    spread = (scores.amax(dim=0) - scores.amin(dim=0)).max()
+    return bool(spread > NO_SIGNAL_RTOL * scores.abs().max().clamp(min=1e-12))
+
+
+def optimise_perturbations(
+    forward_func: Callable,
+    samplers: Sequence[Sampler],
+    classes: Sequence[int],
+    shapes: Sequence[Tuple[int, ...]],
+    like: Sequence[Tensor],
+    additional_forward_args: Optional[Tuple],
+    generator: torch.Generator,
+    settings: Dict,
+    show_progress: bool = False,
+    what: str = "InputAgnosticSaliency",
+) -> Tuple[Tensor, ...]:
+    """The optimisation loop of :class:`InputAgnosticSaliency`: one ``rho`` per class and input.
+
+    ``settings`` holds the checked ``n_steps``, ``samples_per_step``,
+    ``step_size``, ``norm``, ``radius``, ``betas``, ``eps`` and
+    ``value_range``. Returns ``[len(classes), *shape]`` per input tensor.
+    """
+    k, b = len(classes), settings["samples_per_step"]
+    betas, eps, norm = settings["betas"], settings["eps"], settings["norm"]
+    radius, step, value_range = settings["radius"], settings["step_size"] * settings["radius"], settings["value_range"]
+    device = like[0].device
+    rho = [torch.zeros((k,) + tuple(s), dtype=x.dtype, device=device) for s, x in zip(shapes, like)]
+    m1 = [torch.zeros_like(r) for r in rho]
+    m2 = [torch.zeros_like(r) for r in rho]
+    targets = torch.tensor(list(classes), device=device).repeat_interleave(b)
+    n_steps = settings["n_steps"]
+    steps = range(1, n_steps + 1)
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=what, total=n_steps)
+    for t in steps:
+        # The same samples serve every class (common random numbers), so a
+        # class's map does not depend on which other classes are present.
+        xs = [draw(b, generator) for draw in samplers]
+        raw = [x.unsqueeze(0) + r.unsqueeze(1) for x, r in zip(xs, rho)]  # [k, b, ...]
+        if value_range is None:
+            points, inside = raw, [torch.ones_like(p) for p in raw]
+        else:
+            lo, hi = value_range
+            points = [p.clamp(lo, hi) for p in raw]
+            # d clip / d rho: 1 inside the range, 0 where clipped.
+            inside = [((p >= lo) & (p <= hi)).to(p.dtype) for p in raw]
+        grads, varies = class_loss_gradient(
+            forward_func, tuple(p.reshape((k * b,) + p.shape[2:]) for p in points), targets,
+            additional_forward_args, what, f"step {t} of {n_steps}",
+        )
+        if not varies:
+            # No signal: Adam's normalisation would turn round-off into full steps.
+            grads = tuple(torch.zeros_like(g) for g in grads)
+        for j, (g, ins) in enumerate(zip(grads, inside)):
+            g = (g.view_as(ins) * ins).mean(dim=1)
+            m1[j].mul_(betas[0]).add_(g, alpha=1 - betas[0])
+            m2[j].mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
+            d = (m1[j] / (1 - betas[0] ** t)) / ((m2[j] / (1 - betas[1] ** t)).sqrt() + eps)
+            if norm == "l2":
+                flat = d.flatten(1)
+                d = (flat / flat.norm(dim=1, keepdim=True).clamp(min=1e-12)).view_as(d)
+            rho[j] = project(rho[j] - step * d, norm, radius)
+    return tuple(rho)
 
 
 def project(rho: Tensor, norm: str, radius: float) -> Tensor:
@@ -186,10 +306,22 @@ def _blur(maps: Tensor, sigma: float) -> Tensor:
 
 def _check_image(rho: Tensor, name: str) -> None:
     if rho.dim() != 4:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"refine={name!r} needs image inputs [N, C, H, W], got per-example shape "
             f"{tuple(rho.shape[1:])}; use refine='none'"
         )
+
+
+def _kept_pixels(rho: Tensor, sigma: float, suppress: float) -> Tuple[Tensor, Tensor]:
+    """``(blurred magnitude [K, H, W], kept [K, H, W] bool)`` of ``[K, C, H, W]`` perturbations."""
+    mag = rho.abs().sum(dim=1, keepdim=True)
+    if sigma > 0:
+        mag = _blur(mag, sigma)
+    mag = mag[:, 0]
+    if suppress <= 0:
+        return mag, torch.ones_like(mag, dtype=torch.bool)
+    cut = torch.quantile(mag.flatten(1).float(), suppress, dim=1).to(mag.dtype)
+    return mag, mag >= cut.view(-1, 1, 1)
 
 
 def refine_smooth(rho: Tensor, sigma: float, suppress: float) -> Tensor:
@@ -205,18 +337,43 @@ def refine_smooth(rho: Tensor, sigma: float, suppress: float) -> Tensor:
     _check_image(rho, "smooth")
     if suppress <= 0:
         return rho
-    mag = rho.abs().sum(dim=1, keepdim=True)
-    if sigma > 0:
-        mag = _blur(mag, sigma)
-    mag = mag[:, 0]
-    cut = torch.quantile(mag.flatten(1).float(), suppress, dim=1).to(mag.dtype)
-    return rho * (mag >= cut.view(-1, 1, 1)).unsqueeze(1)
+    _, kept = _kept_pixels(rho, sigma, suppress)
+    return rho * kept.unsqueeze(1)
 
 
 def refine_blur(rho: Tensor, sigma: float) -> Tensor:
     """Gaussian blur of every channel of the signed perturbations (smooth to the eye)."""
     _check_image(rho, "blur")
     return _blur(rho, sigma) if sigma > 0 else rho
+
+
+def apply_refine(rho: Tensor, refine, smooth_sigma: float, suppress: float) -> Tensor:
+    """The signed refined perturbations (``refine``: "smooth", "blur", "none" or a callable)."""
+    if callable(refine):
+        out = refine(rho)
+        if not isinstance(out, Tensor) or out.shape != rho.shape:
+            raise InvalidArgumentError(f"refine callable must return a Tensor of shape {tuple(rho.shape)}")
+        return out
+    if refine == "smooth":
+        return refine_smooth(rho, smooth_sigma, suppress)
+    if refine == "blur":
+        return refine_blur(rho, smooth_sigma)
+    return rho
+
+
+def map_of(rho: Tensor, refine, smooth_sigma: float, suppress: float) -> Tensor:
+    """The non-negative, unscaled map of ``[K, *shape]`` perturbations, input-shaped.
+
+    For ``refine="smooth"`` it is the blurred per-pixel magnitude on the kept
+    pixels: the blur that decides *where* also decides how bright, so the map
+    shows regions rather than the pixel-level sign noise of the optimiser.
+    Otherwise it is the per-pixel magnitude of the refined perturbation.
+    """
+    if isinstance(refine, str) and refine == "smooth":
+        _check_image(rho, "smooth")
+        mag, kept = _kept_pixels(rho, smooth_sigma, suppress)
+        return (mag * kept).unsqueeze(1).expand_as(rho).contiguous()
+    return magnitude_map(apply_refine(rho, refine, smooth_sigma, suppress))
 
 
 def magnitude_map(rho: Tensor) -> Tensor:

@@ -36,8 +36,33 @@ from torch import Tensor, nn
 
 from captum_global._compat import format_additional_forward_args, format_inputs
 from captum_global._model_state import HookBag, preserved_model_state
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["find_block_outputs", "select_sise_layers", "BlockOutput"]
+__all__ = ["find_block_outputs", "select_sise_layers", "BlockOutput", "eager_module"]
+
+
+def eager_module(model: nn.Module, argument: str = "model", method: str = "this method") -> nn.Module:
+    """The module whose layers forward hooks can read.
+
+    ``torch.compile`` returns a wrapper (``OptimizedModule``) around the
+    original module (``_orig_mod``): hooks are read on that original module,
+    which shares the wrapper's weights and submodules. TorchScript modules
+    (``torch.jit.script`` / ``torch.jit.trace``) run their submodules inside a
+    compiled graph, where forward hooks are refused (scripted) or never
+    called (traced): they are refused with a message saying so.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InvalidArgumentTypeError(
+            f"{argument} is a TorchScript module ({type(model).__name__}): {method} reads the activations of "
+            "its layers with forward hooks, and a TorchScript module runs its layers inside a compiled graph "
+            "where hooks are refused (torch.jit.script) or never called (torch.jit.trace). Pass the eager "
+            "nn.Module instead (the model before scripting or tracing, or rebuilt from its state dict); "
+            "torch.compile'd models are supported"
+        )
+    original = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+        return original
+    return model
 
 
 @dataclass
@@ -82,6 +107,13 @@ def _spatial_hw(t: Any, image_hw: Tuple[int, int]) -> Optional[Tuple[int, int]]:
     return h, w
 
 
+def _version(t: Optional[Tensor]) -> Optional[int]:
+    """The version counter of ``t`` (None for no tensor, or an inference tensor, which has none)."""
+    if t is None or t.is_inference():
+        return None
+    return t._version
+
+
 def _first_tensor(args: Any) -> Optional[Tensor]:
     for a in args if isinstance(args, (tuple, list)) else (args,):
         if isinstance(a, Tensor):
@@ -104,7 +136,7 @@ def _trace(model: nn.Module, inputs: Tuple[Tensor, ...], args: Optional[Tuple]) 
             clock[0] += 1
             call = _Call(name, module, clock[0])
             call.inp = _first_tensor(args_)
-            call.in_version = call.inp._version if call.inp is not None else None
+            call.in_version = _version(call.inp)
             call.in_hw = _spatial_hw(call.inp, image_hw)
             stack.append(call)
 
@@ -116,11 +148,12 @@ def _trace(model: nn.Module, inputs: Tuple[Tensor, ...], args: Optional[Tuple]) 
         call.end = clock[0]
         call.out = output if isinstance(output, Tensor) else None
         # an in-place op returns its input too, but bumps its version counter
-        call.passthrough = call.out is not None and call.out is call.inp and call.out._version == call.in_version
+        call.passthrough = call.out is not None and call.out is call.inp and _version(call.out) == call.in_version
         call.out_hw = _spatial_hw(output, image_hw)
         calls.append(call)
 
-    with HookBag() as bag, preserved_model_state(model), torch.no_grad():
+    # outside inference mode: its tensors have no version counter, which tells in-place ops apart
+    with HookBag() as bag, preserved_model_state(model), torch.inference_mode(False), torch.no_grad():
         for name, m in model.named_modules():
             if m is model:
                 continue
@@ -130,25 +163,51 @@ def _trace(model: nn.Module, inputs: Tuple[Tensor, ...], args: Optional[Tuple]) 
     return calls
 
 
-def _producer(calls: List[_Call], tensor: Tensor) -> Optional[_Call]:
+def _shared(calls: List[_Call], module: nn.Module) -> bool:
+    """Whether ``module`` runs more than once per forward pass (it cannot be hooked for one block)."""
+    return sum(c.module is module for c in calls) > 1
+
+
+def _producer(calls: List[_Call], tensor: Tensor, before: Optional[int] = None) -> Optional[_Call]:
     """The call that returned ``tensor`` last (outermost container or in-place op).
 
     A module called more than once per forward pass (a shared activation,
-    such as EfficientNet-Lite's one ``_swish``) cannot be hooked for one
-    block only, so we step back to the call that produced its input: the
-    pre-activation of that block. Identity-like calls that return their
-    input unchanged are skipped in favour of the block that made the tensor.
+    such as EfficientNet-Lite's one ``_swish``, or the tutorial nets' one
+    ``pool``) cannot be hooked for one block only, so we step back to the
+    call that produced its input: the pre-activation of that block. A tensor
+    that no module returned was made by a functional op (``F.relu``): its
+    producer is the module that ran last before it with an output of the
+    same shape (the pre-activation), once a convolution has run. Identity-like
+    calls that return their input unchanged are skipped in favour of the
+    block that made the tensor. A shared module is never the answer.
     """
     found = [c for c in calls if c.out is tensor]
     # identity-like calls (a padding module set to Identity) hand the tensor
     # through: the block that made it is the real producer
     found = [c for c in found if not c.passthrough] or found
     if not found:
-        return None
+        return _latest_before(calls, tensor, before)
     pick = max(found, key=lambda c: c.end)
-    if sum(c.module is pick.module for c in calls) > 1 and pick.inp is not None and pick.inp is not tensor:
-        return _producer(calls, pick.inp) or pick
+    if _shared(calls, pick.module):
+        if pick.inp is not None and pick.inp is not tensor:
+            return _producer(calls, pick.inp, pick.start)
+        return None
     return pick
+
+
+def _latest_before(calls: List[_Call], tensor: Tensor, before: Optional[int]) -> Optional[_Call]:
+    """The last single-use call ending before ``before`` whose output has ``tensor``'s shape."""
+    if before is None:
+        return None
+    first_conv = min((c.end for c in calls if isinstance(c.module, nn.modules.conv._ConvNd)), default=None)
+    if first_conv is None:
+        return None
+    candidates = [
+        c for c in calls
+        if c.out is not None and c.end < before and c.end >= first_conv and not c.passthrough
+        and tuple(c.out.shape) == tuple(tensor.shape) and not _shared(calls, c.module)
+    ]
+    return max(candidates, key=lambda c: c.end) if candidates else None
 
 
 def find_block_outputs(
@@ -170,22 +229,29 @@ def find_block_outputs(
         list of :class:`BlockOutput` ``(name, module, shape)``, ordered from the
         input to the output; ``shape`` is the output's ``[C, h, w]``.
 
+    A model made by ``torch.compile`` is traced through its original module (the
+    names are the original module's); a TorchScript model is refused (its
+    layers cannot be hooked).
+
     Raises:
-        ValueError: when the model has no spatial layer at all.
+        InvalidArgumentError: (a ``ValueError``) when the model has no spatial
+            layer at all.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module to find its layers, got {type(model).__name__}")
+        raise InvalidArgumentTypeError(f"model must be an nn.Module to find its layers, got {type(model).__name__}")
+    model = eager_module(model, "model", "finding the block outputs")
     inputs = format_inputs(example_input)
-    if inputs[0].dim() != 4:
-        raise ValueError(
-            f"example_input must be an image batch [N, C, H, W], got shape {tuple(inputs[0].shape)}"
+    if not isinstance(inputs[0], Tensor) or inputs[0].dim() != 4:
+        raise InvalidArgumentError(
+            "example_input must be an image batch [N, C, H, W], got "
+            + (f"shape {tuple(inputs[0].shape)}" if isinstance(inputs[0], Tensor) else type(inputs[0]).__name__)
         )
     calls = _trace(model, inputs, format_additional_forward_args(additional_forward_args))
     drops = [c for c in calls if c.in_hw and c.out_hw and c.out_hw[0] * c.out_hw[1] < c.in_hw[0] * c.in_hw[1]]
     minimal = [d for d in drops if not any(d.contains(o) for o in drops)]
     picks: List[_Call] = []
     for d in sorted(minimal, key=lambda c: c.start):
-        pick = _producer(calls, d.inp)
+        pick = _producer(calls, d.inp, d.start)
         # hoist out of stages that only do point-wise work before down-sampling
         stages = [
             s for s in calls
@@ -195,18 +261,17 @@ def find_block_outputs(
         for s in sorted(stages, key=lambda c: c.start):
             inner = [c for c in calls if s.contains(c) and c.end < d.start]
             if not any(_is_spatial_conv(c.module) for c in inner):
-                pick = _producer(calls, s.inp)
+                pick = _producer(calls, s.inp, s.start)
                 break
         if pick is not None and pick.out_hw is not None:
             picks.append(pick)
     spatial = [c for c in calls if c.out_hw is not None]
     if spatial:
         last = max(spatial, key=lambda c: c.end)
-        last = _producer(calls, last.out) or last
-        convs_there = [
-            c for c in calls
-            if isinstance(c.module, nn.modules.conv._ConvNd) and c.out_hw == last.out_hw
-        ]
+        last = _producer(calls, last.out, last.end + 1)
+        convs_there = last is not None and any(
+            isinstance(c.module, nn.modules.conv._ConvNd) and c.out_hw == last.out_hw for c in calls
+        )
         if convs_there:
             picks.append(last)
     seen, result = set(), []
@@ -216,7 +281,7 @@ def find_block_outputs(
         seen.add(p.name)
         result.append(BlockOutput(p.name, p.module, tuple(int(s) for s in p.out.shape[1:])))
     if not result:
-        raise ValueError(
+        raise InvalidArgumentError(
             "model has no spatial layer: no submodule returns an [N, C, h, w] map larger than 1x1 "
             "for this example_input, so there are no block outputs to explain with"
         )

@@ -1,10 +1,11 @@
 """Input-agnostic saliency: what a classifier attributes to a class, with no input image.
 
-Reconstruction (the paper's full text was not available; see
-``docs/input_agnostic.md``) of Akhtar & Jalwana, "Rethinking Interpretation:
-Input-Agnostic Saliency Mapping of Deep Visual Classifiers", AAAI 2023.
+Reconstruction of Akhtar & Jalwana, "Rethinking Interpretation: Input-Agnostic
+Saliency Mapping of Deep Visual Classifiers", AAAI 2023 (the paper's full text
+was not available; the documentation's "Input-agnostic saliency" page says what
+is taken from the paper and what is ours).
 """
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
@@ -12,22 +13,27 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
+from captum_global._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_model_output,
+    check_number,
+    check_tensor,
+    check_value_range,
+)
 from captum_global._compat import format_additional_forward_args, format_inputs, format_output, is_tuple
 from captum_global._model_state import preserved_model_state
-from captum_global.attr._agnostic import (
-    class_loss_gradient,
-    magnitude_map,
-    make_samplers,
-    project,
-    refine_blur,
-    refine_smooth,
-    scale_maps,
-)
+from captum_global._seeding import check_seed, make_generator
+from captum_global._targets import parse_target
+from captum_global.attr._agnostic import apply_refine, make_samplers, map_of, optimise_perturbations, scale_maps
+from captum_global.errors import InvalidArgumentError
 
 __all__ = ["InputAgnosticSaliency"]
 
-_NORMS = ("linf", "l2")
+_NORMS = ("l2", "linf")
 _SCALES = ("minmax", "max", "none")
+_REFINES = ("smooth", "blur", "none")
 
 
 class InputAgnosticSaliency(GradientAttribution):
@@ -53,10 +59,15 @@ class InputAgnosticSaliency(GradientAttribution):
     only give shape, dtype and device; their values are never read, so
     rows with the same target receive the same map.
 
-    The map is the per-pixel magnitude ``sum_c |rho_c|`` (channel absolute
-    sum) broadcast to every channel: non-negative, ready for
-    ``visualize_image_attr``. The signed ``rho`` is available through
-    ``return_perturbation=True`` and ``last_perturbation``.
+    The map is the per-pixel magnitude of the refined ``rho`` (channel
+    absolute sum) broadcast to every channel: non-negative, ready for
+    ``visualize_image_attr``. The signed ``rho`` comes back with
+    ``return_perturbation=True``.
+
+    A model whose output does not depend on its input (over ``D``) has no
+    gradient to follow: its maps are all zero (no signal), never noise
+    stretched to full range. A model that returns NaN or infinity during the
+    optimisation raises :class:`~captum_global.errors.NonFiniteOutputError`.
     """
 
     def __init__(self, forward_func: Callable[..., Tensor]) -> None:
@@ -66,21 +77,24 @@ class InputAgnosticSaliency(GradientAttribution):
                         scores (logits).
         """
         GradientAttribution.__init__(self, forward_func)
-        #: number of examples run through the model (forward + backward) by
-        #: the last call, including the one-example probe.
-        self.last_num_evaluations: int = 0
-        #: the distinct classes of the last call, in the order of
-        #: ``last_perturbation``'s rows.
-        self.last_classes: Tuple[int, ...] = ()
-        #: raw ``rho`` of the last call, ``[len(last_classes), *shape]``
-        #: (a tuple of those for tuple inputs), before refinement/scaling.
-        self.last_perturbation: Optional[Union[Tensor, Tuple[Tensor, ...]]] = None
-        #: the seed the last call actually used (drawn when ``seed=None``).
-        self.last_seed: Optional[int] = None
 
     @classmethod
     def get_name(cls) -> str:
         return "Input-Agnostic Saliency"
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    def compute_convergence_delta(self, *args, **kwargs):  # type: ignore[override]
+        r"""Not defined for this method: there is no completeness axiom to check.
+
+        Raises:
+            NotImplementedError: always (``has_convergence_delta()`` is False).
+        """
+        raise NotImplementedError(
+            "InputAgnosticSaliency has no convergence delta (has_convergence_delta() is False): "
+            "its maps are not a decomposition of the model's output"
+        )
 
     @log_usage()
     def attribute(
@@ -88,7 +102,7 @@ class InputAgnosticSaliency(GradientAttribution):
         inputs: TensorOrTupleOfTensorsGeneric,
         target: TargetType = None,
         additional_forward_args: Optional[object] = None,
-        distribution: Union[str, Callable, Tensor, Tuple[Tensor, ...]] = "uniform",
+        distribution: Union[str, Callable, Tensor, Tuple[Tensor, ...]] = "smooth",
         samples_per_step: int = 16,
         n_steps: int = 100,
         step_size: float = 0.1,
@@ -98,7 +112,7 @@ class InputAgnosticSaliency(GradientAttribution):
         eps: float = 1e-8,
         value_range: Optional[Tuple[float, float]] = (0.0, 1.0),
         refine: Union[str, Callable[[Tensor], Tensor]] = "smooth",
-        smooth_sigma: float = 1.0,
+        smooth_sigma: float = 2.0,
         suppress: float = 0.5,
         scale: str = "minmax",
         seed: Optional[int] = None,
@@ -110,22 +124,29 @@ class InputAgnosticSaliency(GradientAttribution):
             inputs (Tensor or tuple[Tensor, ...]): only their shape, dtype
                         and device are used (one perturbation per input
                         tensor for a tuple). Dimension 0 is the batch.
-            target (int, list, or Tensor): the class of each example
-                        (an int for all, or one per example). Required.
-                        Each distinct class is optimised once.
+            target (int, tuple, list, or Tensor): the class of each example,
+                        in any form Captum accepts (an int or a negative int
+                        for all, a 1-tuple, a list of ints or of 1-tuples
+                        with one entry per example, an integer tensor).
+                        Required. Each distinct class is optimised once.
             additional_forward_args (Any, optional): passed unchanged after
                         the inputs to every forward; they must not depend on
                         the batch size (the synthetic batch has
                         ``n_classes * samples_per_step`` rows).
-            distribution (str, Callable, Tensor or tuple): the noise ``D``.
-                        ``"uniform"``: uniform in ``value_range``;
-                        ``"gaussian"``: mean the middle of ``value_range``,
-                        std a quarter of its span; a callable
-                        ``(n, shape, generator) -> Tensor [n, *shape]``
-                        (see ``_agnostic.uniform``/``gaussian``); or a
-                        Tensor ``[M, *shape]`` of samples (e.g. real images;
-                        one per input for tuples) drawn with replacement.
-                        Default: ``"uniform"``
+            distribution (str, Callable, Tensor or tuple): the samples ``D``.
+                        ``"smooth"``: smooth random images in
+                        ``value_range`` (uniform noise on a grid 8 times
+                        coarser than the image, bilinearly upsampled);
+                        ``"uniform"``: i.i.d. uniform noise in
+                        ``value_range``; ``"gaussian"``: i.i.d. Gaussian
+                        noise, mean the middle of ``value_range``, std a
+                        quarter of its span; a callable
+                        ``(n, shape, generator) -> Tensor [n, *shape]`` that
+                        draws ``n`` samples of one input's per-example shape
+                        from the given ``torch.Generator``; or a Tensor
+                        ``[M, *shape]`` of samples (e.g. real images; one per
+                        input for tuples) drawn with replacement.
+                        Default: ``"smooth"``
             samples_per_step (int): samples ``b`` per step. Default: 16
             n_steps (int): optimisation steps ``T``. Default: 100
             step_size (float): step relative to ``radius``: a step moves
@@ -135,40 +156,42 @@ class InputAgnosticSaliency(GradientAttribution):
             norm (str): ``"l2"`` (rescale onto the ball) or ``"linf"``
                         (clip every element). Default: ``"l2"``
             radius (float): ``eta``, the ball's radius, per class and per
-                        input tensor. Default: 8.0 (l2 over 3x64x64 is an
-                        RMS of 0.072 per element)
-            betas (tuple[float, float]): Adam moment decays. Default: (0.9, 0.999)
-            eps (float): Adam's denominator guard. Default: 1e-8
+                        input tensor. Default: 8.0
+            betas (tuple[float, float]): Adam moment decays, each in [0, 1).
+                        Default: (0.9, 0.999)
+            eps (float): Adam's denominator guard (> 0). Default: 1e-8
             value_range (tuple or None): the clip applied to ``x + rho``
-                        before the model, and the range of the default
+                        before the model, and the range of the noise
                         distributions; ``None`` disables the clip (the
-                        default noise is then drawn in [0, 1]). Default: (0, 1)
+                        noise is then drawn in [0, 1]). Default: (0, 1)
             refine (str or Callable): ``"smooth"``: the per-pixel
                         magnitude of ``rho`` is blurred (Gaussian,
                         ``smooth_sigma`` px, kernel radius ``ceil(3 sigma)``,
-                        reflect padding) and the pixels below its
-                        ``suppress`` quantile are zeroed; kept pixels keep
-                        their raw values. ``"blur"``: Gaussian blur of the
-                        signed ``rho`` (smoother to the eye, but it loses
-                        most of the targeted success, see the docs);
-                        ``"none"``; or a callable on the ``[K, *shape]``
-                        perturbations. Default: ``"smooth"``
-            smooth_sigma (float): blur std in pixels (0: no blur). Default: 1.0
+                        reflect padding), the pixels below its ``suppress``
+                        quantile are zeroed in ``rho`` (kept pixels keep their
+                        raw values) and the map is the blurred magnitude on
+                        the kept pixels. ``"blur"``: Gaussian blur of the
+                        signed ``rho`` (it loses most of the targeted
+                        success); ``"none"``; or a callable on the
+                        ``[K, *shape]`` perturbations. Default: ``"smooth"``
+            smooth_sigma (float): blur std in pixels (>= 0; 0: no blur).
+                        Default: 2.0
             suppress (float): quantile in [0, 1) of the weakest (blurred)
                         pixels zeroed by ``"smooth"``. Default: 0.5
             scale (str): ``"minmax"`` (each map to [0, 1]), ``"max"``
                         (divide by the maximum) or ``"none"``. Default: ``"minmax"``
             seed (int, optional): seed of the private ``torch.Generator``
-                        driving the noise; the global RNG is never used.
-                        ``None`` draws a fresh one (see ``last_seed``).
+                        driving the samples; the global RNG is never used.
+                        ``None`` draws a fresh seed.
             return_perturbation (bool): also return the raw per-example
-                        ``rho`` (the row of each example's target).
+                        ``rho`` (the row of each example's target), before
+                        refinement and scaling.
             show_progress (bool): tqdm progress bar over the steps.
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, input
-            shaped and non-negative (with ``return_perturbation``: the pair
-            ``(attributions, perturbations)``).
+            shaped and non-negative; with ``return_perturbation=True`` the
+            pair ``(attributions, perturbations)``.
 
         Examples::
 
@@ -179,43 +202,36 @@ class InputAgnosticSaliency(GradientAttribution):
             ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
             >>> ias = InputAgnosticSaliency(net)
             >>> images = torch.zeros(2, 3, 16, 16)
-            >>> maps = ias.attribute(images, target=[0, 2], n_steps=5, seed=0)
-            >>> maps.shape, ias.last_classes, ias.last_num_evaluations
-            (torch.Size([2, 3, 16, 16]), (0, 2), 161)
+            >>> maps, rho = ias.attribute(images, target=[0, 2], n_steps=5, seed=0,
+            ...                           return_perturbation=True)
+            >>> maps.shape, bool(rho[0].norm() <= 8.0)
+            (torch.Size([2, 3, 16, 16]), True)
         """
         was_tuple = is_tuple(inputs)
-        inputs_t = format_inputs(inputs)
-        self._check_settings(inputs_t, samples_per_step, n_steps, step_size, norm, radius,
-                             betas, value_range, refine, smooth_sigma, suppress, scale)
+        inputs_t = tuple(check_tensor(x, "inputs", floating=True, finite=False) for x in format_inputs(inputs))
+        settings = _check_settings(inputs_t, samples_per_step, n_steps, step_size, norm, radius, betas, eps,
+                                   value_range, refine, smooth_sigma, suppress, scale)
+        check_bool(return_perturbation, "return_perturbation")
+        check_bool(show_progress, "show_progress")
+        seed = check_seed(seed)
         n = inputs_t[0].shape[0]
-        rows = _targets_per_row(target, n)
-        classes = sorted(set(rows))
         shapes = [tuple(x.shape[1:]) for x in inputs_t]
-        samplers = make_samplers(distribution, shapes, value_range, inputs_t)
+        samplers = make_samplers(distribution, shapes, settings["value_range"], inputs_t)
         afa = format_additional_forward_args(additional_forward_args)
-        if seed is None:
-            seed = int(torch.Generator().seed() % (2 ** 63))
-        self.last_seed = int(seed)
-        generator = torch.Generator().manual_seed(int(seed))
+        parsed = parse_target(target, n)
 
         with preserved_model_state(self.forward_func):
             _freeze_parameters(self.forward_func)
-            n_classes = self._probe(inputs_t, value_range, afa)
-            bad = [c for c in classes if not 0 <= c < n_classes]
-            if bad:
-                raise ValueError(
-                    f"target {bad} out of range: the model has {n_classes} classes, "
-                    f"so targets must be in [0, {n_classes})"
-                )
-            rho = self._optimise(samplers, classes, shapes, inputs_t, afa, generator, n_steps,
-                                 samples_per_step, step_size, norm, radius, betas, eps,
-                                 value_range, show_progress)
-        self.last_num_evaluations = 1 + n_steps * len(classes) * samples_per_step
-        self.last_classes = tuple(classes)
-        self.last_perturbation = format_output(was_tuple, tuple(r.clone() for r in rho))
+            output_shape = self._probe(inputs_t, settings["value_range"], afa)
+            rows = parsed.checked(output_shape).classes()
+            classes = sorted(set(rows))
+            rho = optimise_perturbations(
+                self.forward_func, samplers, classes, shapes, inputs_t, afa, make_generator(seed),
+                settings, show_progress=show_progress, what=self.get_name(),
+            )
 
-        maps = tuple(scale_maps(magnitude_map(_apply_refine(r, refine, smooth_sigma, suppress)), scale)
-                     for r in rho)
+        maps = tuple(scale_maps(map_of(r, settings["refine"], settings["smooth_sigma"], settings["suppress"]),
+                                settings["scale"]) for r in rho)
         index = torch.tensor([classes.index(c) for c in rows], device=inputs_t[0].device)
         attributions = format_output(was_tuple, tuple(m[index] for m in maps))
         if return_perturbation:
@@ -224,122 +240,69 @@ class InputAgnosticSaliency(GradientAttribution):
 
     @staticmethod
     def refine_perturbation(
-        rho: Tensor, refine: Union[str, Callable[[Tensor], Tensor]] = "smooth",
-        smooth_sigma: float = 1.0, suppress: float = 0.5,
+        rho: Tensor,
+        refine: Union[str, Callable[[Tensor], Tensor]] = "smooth",
+        smooth_sigma: float = 2.0,
+        suppress: float = 0.5,
     ) -> Tensor:
         r"""The refinement ``attribute`` applies to ``[K, *shape]`` perturbations,
-        exposed so its effect on the model can be measured (signed output)."""
-        return _apply_refine(rho, refine, smooth_sigma, suppress)
+        exposed so its effect on the model can be measured (signed output).
 
-    def _probe(self, inputs: Tuple[Tensor, ...], value_range, afa) -> int:
+        Args:
+            rho (Tensor): ``[K, *shape]`` signed perturbations (e.g. the second
+                        element returned with ``return_perturbation=True``).
+            refine, smooth_sigma, suppress: as in :meth:`attribute`.
+
+        Returns:
+            *Tensor*: the refined perturbations, same shape as ``rho``.
+        """
+        rho = check_tensor(rho, "rho", floating=True)
+        check_number(smooth_sigma, "smooth_sigma", minimum=0.0)
+        check_number(suppress, "suppress", minimum=0.0, maximum=1.0, max_inclusive=False)
+        _check_refine(refine)
+        return apply_refine(rho, refine, smooth_sigma, suppress)
+
+    def _probe(self, inputs: Tuple[Tensor, ...], value_range, afa) -> Tuple[int, ...]:
         # One example at mid-range tells us how many classes the model has.
         mid = 0.5 if value_range is None else (value_range[0] + value_range[1]) / 2
         probe = tuple(torch.full_like(x[:1], mid).detach() for x in inputs)
         with torch.no_grad():
-            out = self.forward_func(*(probe + (afa or ())))
-        if not isinstance(out, Tensor) or out.dim() != 2:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
-                f"InputAgnosticSaliency needs a classifier returning [batch, classes] scores, got {shape}"
+            out = check_model_output(self.forward_func(*(probe + (afa or ()))))
+        if out.dim() != 2:
+            raise InvalidArgumentError(
+                f"forward_func must return [batch, classes] scores for InputAgnosticSaliency, "
+                f"got shape {tuple(out.shape)}"
             )
-        return int(out.shape[1])
-
-    def _optimise(self, samplers, classes: List[int], shapes, inputs, afa, generator, n_steps,
-                  b, step_size, norm, radius, betas, eps, value_range, show_progress) -> Tuple[Tensor, ...]:
-        k = len(classes)
-        device = inputs[0].device
-        rho = [torch.zeros((k,) + s, dtype=x.dtype, device=device) for s, x in zip(shapes, inputs)]
-        m1 = [torch.zeros_like(r) for r in rho]
-        m2 = [torch.zeros_like(r) for r in rho]
-        targets = torch.tensor(classes, device=device).repeat_interleave(b)
-        steps = range(1, n_steps + 1)
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc="Input-Agnostic Saliency", total=n_steps)
-        for t in steps:
-            # The same samples serve every class (common random numbers), so a
-            # class's map does not depend on which other classes are present.
-            xs = [draw(b, generator) for draw in samplers]
-            raw = [x.unsqueeze(0) + r.unsqueeze(1) for x, r in zip(xs, rho)]  # [k, b, ...]
-            if value_range is None:
-                points = raw
-                inside = [torch.ones_like(p) for p in raw]
-            else:
-                lo, hi = value_range
-                points = [p.clamp(lo, hi) for p in raw]
-                # d clip / d rho: 1 inside the range, 0 where clipped.
-                inside = [((p >= lo) & (p <= hi)).to(p.dtype) for p in raw]
-            grads = class_loss_gradient(
-                self.forward_func, tuple(p.reshape((k * b,) + p.shape[2:]) for p in points), targets, afa
-            )
-            for j, (g, ins) in enumerate(zip(grads, inside)):
-                g = (g.view_as(ins) * ins).mean(dim=1)
-                m1[j].mul_(betas[0]).add_(g, alpha=1 - betas[0])
-                m2[j].mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-                d = (m1[j] / (1 - betas[0] ** t)) / ((m2[j] / (1 - betas[1] ** t)).sqrt() + eps)
-                if norm == "l2":
-                    flat = d.flatten(1)
-                    d = (flat / flat.norm(dim=1, keepdim=True).clamp(min=1e-12)).view_as(d)
-                rho[j] = project(rho[j] - step_size * radius * d, norm, radius)
-        return tuple(rho)
-
-    @staticmethod
-    def _check_settings(inputs, samples_per_step, n_steps, step_size, norm, radius, betas,
-                        value_range, refine, smooth_sigma, suppress, scale) -> None:
-        if inputs[0].dim() == 0 or inputs[0].shape[0] == 0:
-            raise ValueError("inputs must hold at least one example (dimension 0 is the batch)")
-        if any(x.shape[0] != inputs[0].shape[0] for x in inputs):
-            raise ValueError("all input tensors must have the same batch size (dimension 0)")
-        if not all(x.is_floating_point() for x in inputs):
-            raise ValueError("inputs must be floating point tensors")
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
-        if not isinstance(radius, (int, float)) or not radius > 0 or radius != radius or radius == float("inf"):
-            raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
-        if not isinstance(samples_per_step, int) or samples_per_step < 1:
-            raise ValueError(f"samples_per_step must be an int >= 1, got {samples_per_step!r}")
-        if not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
-        if not step_size > 0:
-            raise ValueError(f"step_size must be > 0, got {step_size!r}")
-        if len(betas) != 2 or not all(0 <= b_ < 1 for b_ in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        if value_range is not None and not (len(value_range) == 2 and value_range[0] < value_range[1]):
-            raise ValueError(f"value_range must be (low, high) with low < high, or None; got {value_range!r}")
-        if not (callable(refine) or refine in ("smooth", "blur", "none")):
-            raise ValueError(f"refine must be 'smooth', 'blur', 'none' or a callable, got {refine!r}")
-        if not smooth_sigma >= 0:
-            raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma!r}")
-        if not 0 <= suppress < 1:
-            raise ValueError(f"suppress must be in [0, 1), got {suppress!r}")
-        if scale not in _SCALES:
-            raise ValueError(f"scale must be one of {_SCALES}, got {scale!r}")
+        return tuple(out.shape)
 
 
-def _targets_per_row(target: TargetType, n: int) -> List[int]:
-    """One int class per example, from Captum's int / list / tensor forms."""
-    if target is None:
-        raise ValueError("target is required: the class (int) or one class per example")
-    if isinstance(target, Tensor):
-        if target.dim() > 1 or target.is_floating_point():
-            raise ValueError(f"target must be an int tensor of shape [] or [N], got {tuple(target.shape)}")
-        target = target.tolist()
-    if isinstance(target, bool) or isinstance(target, tuple):
-        raise ValueError(f"target must be an int class index or a list of them, got {target!r}")
-    if isinstance(target, int):
-        rows = [target] * n
-    elif isinstance(target, list):
-        if len(target) == 1:
-            target = target * n
-        if len(target) != n or not all(isinstance(t, int) and not isinstance(t, bool) for t in target):
-            raise ValueError(f"target must be one int class per example ({n}), got {target!r}")
-        rows = list(target)
-    else:
-        raise ValueError(f"target must be an int, a list of ints or an int Tensor, got {type(target).__name__}")
-    if any(t < 0 for t in rows):
-        raise ValueError(f"target must be non-negative class indices, got {sorted(set(rows))}")
-    return rows
+def _check_refine(refine) -> None:
+    if not (callable(refine) or (isinstance(refine, str) and refine in _REFINES)):
+        raise InvalidArgumentError(f"refine must be one of {_REFINES} or a callable, got {refine!r}")
+
+
+def _check_settings(inputs, samples_per_step, n_steps, step_size, norm, radius, betas, eps,
+                    value_range, refine, smooth_sigma, suppress, scale) -> Dict:
+    if any(x.shape[0] != inputs[0].shape[0] for x in inputs):
+        raise InvalidArgumentError("inputs must all have the same batch size (dimension 0)")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise InvalidArgumentError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    _check_refine(refine)
+    return dict(
+        samples_per_step=check_int(samples_per_step, "samples_per_step", minimum=1),
+        n_steps=check_int(n_steps, "n_steps", minimum=1),
+        step_size=check_number(step_size, "step_size", minimum=0.0, min_inclusive=False),
+        norm=check_choice(norm, "norm", _NORMS),
+        radius=check_number(radius, "radius", minimum=0.0, min_inclusive=False),
+        betas=tuple(check_number(b, f"betas[{i}]", minimum=0.0, maximum=1.0, max_inclusive=False)
+                    for i, b in enumerate(betas)),
+        eps=check_number(eps, "eps", minimum=0.0, min_inclusive=False),
+        value_range=check_value_range(value_range),
+        refine=refine,
+        smooth_sigma=check_number(smooth_sigma, "smooth_sigma", minimum=0.0),
+        suppress=check_number(suppress, "suppress", minimum=0.0, maximum=1.0, max_inclusive=False),
+        scale=check_choice(scale, "scale", _SCALES),
+    )
 
 
 def _freeze_parameters(model: Callable) -> None:
@@ -348,16 +311,3 @@ def _freeze_parameters(model: Callable) -> None:
     if isinstance(model, torch.nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
-
-
-def _apply_refine(rho: Tensor, refine, smooth_sigma: float, suppress: float) -> Tensor:
-    if callable(refine):
-        out = refine(rho)
-        if not isinstance(out, Tensor) or out.shape != rho.shape:
-            raise ValueError(f"refine callable must return a Tensor of shape {tuple(rho.shape)}")
-        return out
-    if refine == "smooth":
-        return refine_smooth(rho, smooth_sigma, suppress)
-    if refine == "blur":
-        return refine_blur(rho, smooth_sigma)
-    return rho

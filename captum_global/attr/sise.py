@@ -1,50 +1,53 @@
 """SISE: Semantic Input Sampling for Explanation (Sattarzadeh et al., AAAI 2021).
 
-The algorithm, top to bottom (see ``docs/sise.md``):
+The algorithm, top to bottom (see ``docs/use/sise.md``):
 
 1. one layer per convolutional block (``_layers.find_block_outputs``) unless
    the caller names them;
 2. ONE forward and ONE backward pass give every selected layer's activations
    ``A`` and gradients; ``alpha_k`` is the spatial sum of the gradient of
-   channel ``k``;
+   channel ``k`` (``_sise_scoring.gradient_pass``);
 3. keep channel ``k`` when ``alpha_k > mu * max_k alpha_k`` and its map is not
    constant (optionally only the top maps by ``alpha``: the budget option);
-4. each kept map, upsampled bilinearly and min-max normalised, is a mask ``m``;
-   ``V = sum_m psi(baseline + m (I - baseline)) * m / sum(m)``, min-max
-   normalised (scored in chunks of ``perturbations_per_eval`` masks; only the
-   chunk being scored exists at full resolution);
-5. the per-layer maps are fused from coarse to fine with Otsu gates
-   (``_fusion.fuse_layer_maps``).
+4. near-duplicate maps are grouped and only one representative per group is
+   scored (``_mask_groups``; off with ``similarity_threshold=None``);
+5. each kept map, upsampled bilinearly and min-max normalised, is a mask ``m``;
+   ``V = sum_m psi(baseline + m (I - baseline)) * m / sum(m)`` (a grouped map
+   uses its representative's score), min-max normalised, scored in chunks of
+   ``perturbations_per_eval`` masks by the shared scorer;
+6. the per-layer maps are fused from coarse to fine (``_fusion``).
 """
 import logging
-import math
+import numbers
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from captum._utils.typing import BaselineType, TargetType
 from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 
-from captum_global._compat import (
-    format_additional_forward_args,
-    format_baselines,
-    format_inputs,
-    format_output,
-    is_tuple,
-)
-from captum_global._maps import minmax_normalise, resize_maps
-from captum_global._model_state import HookBag, find_module, preserved_model_state
-from captum_global.attr._fusion import FUSIONS, fuse_layer_maps
-from captum_global.attr._layers import find_block_outputs
+from captum_global._checks import check_bool, check_choice, check_int, check_module, check_number, check_tensor
+from captum_global._compat import format_additional_forward_args, format_inputs, format_output, is_tuple
+from captum_global._model_state import find_module, preserved_model_state
+from captum_global._scoring import index_additional_args
+from captum_global._targets import parse_target
+from captum_global.attr._fusion import DEFAULT_FUSION, FUSIONS, fuse_layer_maps
+from captum_global.attr._layers import eager_module, select_sise_layers
+from captum_global.attr._mask_groups import group_kept_maps
+from captum_global.attr._sise_scoring import gradient_pass, score_layer_maps
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["SISE"]
+__all__ = ["SISE", "DEFAULT_SIMILARITY_THRESHOLD"]
 
 logger = logging.getLogger(__name__)
-_EPS = 1e-12
 _SCORES = ("logit", "softmax")
+
+#: Default ``similarity_threshold``: maps correlating at least this much with
+#: a scored map share its score (see ``docs/measurements/sise.md`` for the choice).
+DEFAULT_SIMILARITY_THRESHOLD = 0.2
 
 
 class SISE(PerturbationAttribution):
@@ -56,6 +59,7 @@ class SISE(PerturbationAttribution):
     each mask is scored by the model's confidence on the masked input (RISE
     with area-normalised weights), and the per-block maps are fused from coarse
     to fine so that deep blocks decide *where* and shallow blocks add detail.
+    Near-duplicate masks share one forward pass (``similarity_threshold``).
 
     It is a :class:`~captum.attr.PerturbationAttribution`: the attribution
     values come only from forward passes on perturbed (masked) inputs;
@@ -65,31 +69,29 @@ class SISE(PerturbationAttribution):
 
     Args:
         forward_func (nn.Module): the model; it must be an ``nn.Module`` since
-            SISE hooks its layers.
+            SISE hooks its layers. A model made by ``torch.compile`` works (its
+            layers are hooked on the original module for the one gradient
+            pass; the masked inputs go through the compiled model). TorchScript
+            modules are refused: their layers cannot be hooked.
         layers (list of nn.Module or str, optional): layers to read, as modules
             or dotted names, in any order (they are used in execution order).
-            ``None`` picks one layer per convolutional block at the first call
-            (see :func:`captum_global.attr.select_sise_layers`); the names are
-            in ``repr(sise)`` and logged.
+            ``None`` picks one layer per convolutional block at every call
+            (see :func:`captum_global.attr.select_sise_layers` and
+            :meth:`selected_layers`).
     """
 
     def __init__(self, forward_func: nn.Module, layers: Optional[List[Union[nn.Module, str]]] = None) -> None:
-        if not isinstance(forward_func, nn.Module):
-            raise TypeError(
-                f"forward_func must be an nn.Module (SISE hooks its layers), got {type(forward_func).__name__}"
-            )
+        check_module(forward_func, "forward_func", "SISE hooks its layers")
+        eager = eager_module(forward_func, "forward_func", "SISE")
         PerturbationAttribution.__init__(self, forward_func)
-        self._auto: Dict[Tuple[int, int], List[str]] = {}
         self.layer_names: Optional[List[str]] = None
         if layers is not None:
             if isinstance(layers, (nn.Module, str)):
                 layers = [layers]
             if len(layers) == 0:
-                raise ValueError("layers must name at least one layer, or be None for automatic selection")
-            names_of = {id(m): n for n, m in forward_func.named_modules()}
-            self.layer_names = [
-                names_of[id(find_module(forward_func, layer, "layers"))] for layer in layers
-            ]
+                raise InvalidArgumentError("layers must name at least one layer, or be None for automatic selection")
+            names_of = {id(m): n for n, m in eager.named_modules()}
+            self.layer_names = [names_of[id(_resolve_layer(forward_func, eager, layer))] for layer in layers]
 
     @classmethod
     def get_name(cls) -> str:
@@ -102,9 +104,31 @@ class SISE(PerturbationAttribution):
     def __repr__(self) -> str:
         if self.layer_names is not None:
             return f"SISE(layers={self.layer_names})"
-        if self._auto:
-            return f"SISE(layers=auto: {next(iter(self._auto.values()))})"
-        return "SISE(layers=auto, chosen at the first attribute call)"
+        return "SISE(layers=auto)"
+
+    def selected_layers(self, inputs: Union[Tensor, Tuple[Tensor, ...]], additional_forward_args: Any = None) -> List[str]:
+        """The dotted names of the layers :meth:`attribute` reads for ``inputs``.
+
+        The layers given to the constructor, or the automatic choice for
+        inputs of this size (one forward pass of the first example).
+
+        Examples::
+
+            >>> import torch, torchvision
+            >>> from captum_global.attr import SISE
+            >>> SISE(torchvision.models.resnet18()).selected_layers(torch.zeros(1, 3, 64, 64))
+            ['relu', 'layer1', 'layer2', 'layer3', 'layer4']
+        """
+        if self.layer_names is not None:
+            return list(self.layer_names)
+        xs = _input_tuple(inputs)
+        n = xs[0].shape[0] if isinstance(xs[0], Tensor) and xs[0].dim() > 0 else 1
+        probe = tuple(x[:1] if isinstance(x, Tensor) else x for x in xs)
+        probe_args = index_additional_args(format_additional_forward_args(additional_forward_args),
+                                           torch.zeros(1, dtype=torch.long), n)
+        names = select_sise_layers(eager_module(self.forward_func), probe, probe_args)
+        logger.info("SISE picked layers %s for %s inputs", names, tuple(xs[0].shape[-2:]))
+        return names
 
     @log_usage()
     def attribute(
@@ -115,7 +139,8 @@ class SISE(PerturbationAttribution):
         baselines: BaselineType = None,
         mu: float = 0.0,
         score: Union[str, Callable[[Tensor], Tensor]] = "logit",
-        fusion: str = "otsu",
+        fusion: str = DEFAULT_FUSION,
+        similarity_threshold: Optional[float] = DEFAULT_SIMILARITY_THRESHOLD,
         max_maps_per_layer: Union[None, int, float] = None,
         perturbations_per_eval: int = 32,
         show_progress: bool = False,
@@ -128,30 +153,40 @@ class SISE(PerturbationAttribution):
                 (e.g. two modalities): every mask multiplies all of them, and
                 each gets the same map. Non-image inputs belong in
                 ``additional_forward_args``.
-            target (int, list, Tensor): class index, one for all examples or one
-                per example. Required when the model has several outputs.
+            target (int, tuple, list, Tensor): the output to explain, in every
+                format Captum accepts (``2``, ``-1``, ``(2,)``, one per
+                example as a list or tensor). Required when the model has
+                several outputs.
             additional_forward_args (Any, optional): extra forward arguments;
                 tensors whose first dimension is ``N`` follow their example.
             baselines (scalar, Tensor or tuple, optional): the "removed" value
                 that masks blend towards: ``baseline + m * (x - baseline)``.
                 Default 0 in the model's input space (for normalised inputs,
-                pass the normalised black, or whatever "absent" means).
+                pass the normalised black, or whatever "absent" means). A
+                tensor has the input's shape or broadcasts to it; a tuple
+                gives one per input.
             mu (float): keep maps with ``alpha_k > mu * max_k alpha_k``. 0 (the
                 paper's default) keeps the maps whose gradient supports the
                 class. ``float('-inf')`` keeps every non-constant map.
-            score (str or callable): ``psi``; ``"logit"`` (default) or
-                ``"softmax"``, or a callable mapping the model output
-                ``[N, classes]`` to scores of the same shape. Logit and
-                probability gradients can differ in sign (a logit can rise
-                while its probability falls), so the choice changes which maps
-                are kept; the same ``psi`` scores the masks.
-            fusion (str): ``"otsu"`` (hard Otsu gate, the paper),
-                ``"soft-otsu"`` (sigmoid gate of the authors' code), ``"mean"``
-                or ``"none"`` (highest block only).
+            score (str or callable): ``psi``; ``"logit"`` (default: the
+                model's output, as the paper), ``"softmax"`` (the class
+                probability), or a differentiable callable mapping the model
+                output to scores of the same shape. The same ``psi`` filters
+                the maps (its gradient) and scores the masks.
+            fusion (str): how block maps are fused, coarse deciding where:
+                ``"otsu-normalised"`` (default: hard Otsu gates, each block
+                weighing as much as all finer blocks together), ``"otsu"``
+                (hard Otsu gates, every block weighing the same: the paper),
+                ``"soft-otsu"`` (sigmoid gates of the authors' code),
+                ``"mean"`` or ``"none"`` (highest block only).
+            similarity_threshold (float or None): maps whose low-resolution
+                maps correlate at least this much with a scored map of the
+                same layer share its score (one forward pass per group).
+                ``None`` scores every kept map (the paper). Default 0.2.
             max_maps_per_layer (int or float, optional): budget. An int keeps at
                 most that many surviving maps per layer and example, a float in
                 (0, 1] that fraction (rounded up), choosing the largest
-                ``alpha``. ``None`` scores every surviving map.
+                ``alpha``; the others are dropped. ``None``: no budget.
             perturbations_per_eval (int): masks scored per forward pass. Never
                 changes the result (up to float rounding), only speed/memory.
             show_progress (bool): tqdm bar over the scoring chunks.
@@ -163,9 +198,10 @@ class SISE(PerturbationAttribution):
             [0, 1]; with ``return_layer_maps`` a pair ``(attributions, maps)``.
 
         Every map is normalised per example; when no map of a layer survives
-        the gradient filter, the map with the largest ``alpha`` is used alone;
-        a layer whose maps are all constant contributes nothing (its gate is
-        open) rather than NaN.
+        the gradient filter, the map with the largest ``alpha`` is used alone.
+        A layer whose masks all score what the unmasked input scores carries
+        no signal: its map is zero (and leaves the fusion gate open), so a
+        model that ignores its input gets an all-zero explanation.
 
         Examples::
 
@@ -180,216 +216,178 @@ class SISE(PerturbationAttribution):
             >>> attr = sise.attribute(torch.rand(2, 3, 32, 32), target=[0, 2])
             >>> attr.shape
             torch.Size([2, 3, 32, 32])
-            >>> sise
-            SISE(layers=auto: ['1', '4'])
+            >>> sise.selected_layers(torch.rand(1, 3, 32, 32))
+            ['1', '4']
             >>> attr, maps = sise.attribute(torch.rand(1, 3, 32, 32), target=1,
             ...                             return_layer_maps=True)
             >>> {name: tuple(v.shape) for name, v in maps.items()}
             {'1': (1, 1, 32, 32), '4': (1, 1, 32, 32)}
         """
         was_tuple = is_tuple(inputs)
-        xs = format_inputs(inputs)
-        _check_inputs(xs)
-        bases = format_baselines(baselines, xs)
+        xs = _check_inputs(_input_tuple(inputs))
+        n = xs[0].shape[0]
+        bases = _check_baselines(baselines, xs)
         args = format_additional_forward_args(additional_forward_args)
+        targets = parse_target(target, n)
         psi = _score_function(score)
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
-            raise ValueError(f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
-        if mu != mu:
-            raise ValueError("mu must be a number, got NaN")
-        _check_budget(max_maps_per_layer)
+        fusion = check_choice(fusion, "fusion", FUSIONS)
+        mu = check_number(mu, "mu", allow_infinite=True)
+        threshold = None if similarity_threshold is None else check_number(
+            similarity_threshold, "similarity_threshold", -1.0, 1.0)
+        budget = _check_budget(max_maps_per_layer)
+        chunk = check_int(perturbations_per_eval, "perturbations_per_eval", minimum=1)
+        check_bool(show_progress, "show_progress")
+        check_bool(return_layer_maps, "return_layer_maps")
 
         model = self.forward_func
+        eager = eager_module(model, "forward_func", "SISE")
         with preserved_model_state(model):
-            names = self._layers_for(xs, args)
-            acts, grads, targets = _gradient_pass(model, names, xs, args, target, psi)
-            kept = [_keep(a, g, mu, max_maps_per_layer) for a, g in zip(acts.values(), grads)]
-            maps = _score_masks(
-                model, xs, bases, args, targets, psi, list(acts.values()), kept,
-                perturbations_per_eval, show_progress,
-            )
+            names = self.selected_layers(xs, args)
+            acts, alphas, targets, unmasked = gradient_pass(eager, names, xs, args, targets, psi)
+            layer_acts = list(acts.values())
+            reps = [
+                group_kept_maps(a, _keep(a, g, mu, budget), g, threshold) for a, g in zip(layer_acts, alphas)
+            ]
+            maps = score_layer_maps(model, xs, bases, args, targets, psi, layer_acts, reps, unmasked,
+                                    chunk, show_progress)
         fused = fuse_layer_maps(maps, fusion)
         out = tuple(fused.unsqueeze(1).to(x.dtype).expand_as(x).clone() for x in xs)
         attributions = format_output(was_tuple, out)
         if return_layer_maps:
-            return attributions, {n: v.unsqueeze(1) for n, v in zip(acts, maps)}
+            return attributions, {name: v.unsqueeze(1) for name, v in zip(acts, maps)}
         return attributions
 
-    def _layers_for(self, xs: Tuple[Tensor, ...], args: Optional[Tuple]) -> List[str]:
-        if self.layer_names is not None:
-            return self.layer_names
-        key = tuple(xs[0].shape[-2:])
-        if key not in self._auto:
-            n = xs[0].shape[0]
-            probe = tuple(x[:1] for x in xs)
-            probe_args = _index_args(args, n, slice(0, 1))
-            self._auto[key] = [b.name for b in find_block_outputs(self.forward_func, probe, probe_args)]
-            logger.info("SISE picked layers %s for %s inputs", self._auto[key], key)
-        return self._auto[key]
+
+def _resolve_layer(model: nn.Module, eager: nn.Module, layer: Union[nn.Module, str]) -> nn.Module:
+    """``layer`` as a module of the eager model; names copied from a compiled
+    model's ``named_modules()`` carry an ``_orig_mod.`` prefix, which is dropped."""
+    prefix = "_orig_mod."
+    if isinstance(layer, str) and eager is not model and layer.startswith(prefix):
+        layer = layer[len(prefix):]
+    return find_module(eager, layer, "layers")
 
 
-def _check_inputs(xs: Tuple[Tensor, ...]) -> None:
-    first = xs[0]
+def _input_tuple(inputs: Any) -> Tuple[Any, ...]:
+    # Captum's formatter asserts on anything else; say which argument is wrong
+    if not isinstance(inputs, (Tensor, tuple)):
+        raise InvalidArgumentTypeError(
+            f"inputs must be a tensor [N, C, H, W] or a tuple of them, got {type(inputs).__name__}"
+        )
+    return format_inputs(inputs)
+
+
+def _check_inputs(xs: Tuple[Any, ...]) -> Tuple[Tensor, ...]:
+    checked = []
     for i, x in enumerate(xs):
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"inputs must be image batches [N, C, H, W]; input {i} has shape {shape}")
+        name = "inputs" if len(xs) == 1 else f"inputs[{i}]"
+        x = check_tensor(x, name, floating=True)
+        if x.dim() != 4:
+            raise InvalidArgumentError(f"{name} must be an image batch [N, C, H, W], got shape {tuple(x.shape)}")
+        first = checked[0] if checked else x
         if x.shape[0] != first.shape[0] or x.shape[-2:] != first.shape[-2:]:
-            raise ValueError(
-                f"inputs in a tuple must share N, H and W (one mask covers all); input {i} has shape "
+            raise InvalidArgumentError(
+                f"inputs in a tuple must share N, H and W (one mask covers all); {name} has shape "
                 f"{tuple(x.shape)} against {tuple(first.shape)}"
             )
-        if not torch.isfinite(x).all():
-            raise ValueError(f"inputs must be finite; input {i} holds NaN or inf")
+        checked.append(x)
+    return tuple(checked)
 
 
-def _check_budget(budget: Union[None, int, float]) -> None:
-    if budget is None:
-        return
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise TypeError(f"max_maps_per_layer must be None, an int or a float, got {type(budget).__name__}")
-    if isinstance(budget, int) and budget < 1 or isinstance(budget, float) and not 0 < budget <= 1:
-        raise ValueError(
-            f"max_maps_per_layer must be an int >= 1 or a fraction in (0, 1], got {budget!r}"
+def _check_baselines(baselines: BaselineType, xs: Tuple[Tensor, ...]) -> Tuple[Union[Tensor, float], ...]:
+    """One finite baseline per input: a number, or a tensor broadcasting to the input's shape."""
+    if baselines is None:
+        return tuple(0.0 for _ in xs)
+    given = baselines if isinstance(baselines, tuple) else (baselines,)
+    if len(given) != len(xs):
+        raise InvalidArgumentError(
+            f"baselines must give one baseline per input: {len(xs)} input(s), {len(given)} baseline(s)"
         )
+    checked: List[Union[Tensor, float]] = []
+    for i, (b, x) in enumerate(zip(given, xs)):
+        name = "baselines" if len(xs) == 1 else f"baselines[{i}]"
+        if isinstance(b, Tensor):
+            b = check_tensor(b, name, nonempty=False)
+            try:
+                fits = torch.broadcast_shapes(b.shape, x.shape) == x.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise InvalidArgumentError(
+                    f"{name} of shape {tuple(b.shape)} does not fit inputs of shape {tuple(x.shape)}: give a "
+                    "number, a tensor of the input's shape, or one that broadcasts to it (e.g. [1, C, H, W])"
+                )
+            checked.append(b.to(device=x.device, dtype=x.dtype))
+        else:
+            checked.append(check_number(b, name))
+    return tuple(checked)
+
+
+def _check_budget(budget: Any) -> Union[None, int, float]:
+    if budget is None:
+        return None
+    if isinstance(budget, (numbers.Integral, np.integer)) and not isinstance(budget, (bool, np.bool_)):
+        return check_int(budget, "max_maps_per_layer", minimum=1)
+    if isinstance(budget, (numbers.Real, np.floating)) and not isinstance(budget, (bool, np.bool_)):
+        value = check_number(budget, "max_maps_per_layer")
+        if not 0 < value <= 1:
+            raise InvalidArgumentError(
+                f"max_maps_per_layer must be an int >= 1 or a fraction in (0, 1], got {budget!r}"
+            )
+        return value
+    raise InvalidArgumentTypeError(
+        f"max_maps_per_layer must be None, an int or a float, got {type(budget).__name__} {budget!r}"
+    )
 
 
 def _score_function(score: Union[str, Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
     if callable(score):
-        return score
+        return _checked_score(score)
     if score == "logit":
         return lambda out: out
     if score == "softmax":
         return lambda out: out.softmax(dim=-1)
-    raise ValueError(f"score must be one of {_SCORES} or a callable, got {score!r}")
+    raise InvalidArgumentError(f"score must be one of {_SCORES} or a callable, got {score!r}")
 
 
-def _index_args(args: Optional[Tuple], n: int, idx: Any) -> Optional[Tuple]:
-    """Pick per-example entries of extra forward args (tensors with first dim ``n``)."""
-    if args is None:
-        return None
-    return tuple(a[idx] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a for a in args)
+def _checked_score(psi: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """A user's ``score`` callable, held to its contract: same shape, finite on finite outputs."""
 
+    def apply(output: Tensor) -> Tensor:
+        scores = psi(output)
+        if not isinstance(scores, Tensor) or scores.shape != output.shape:
+            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise InvalidArgumentError(
+                f"score must return a tensor of the model output's shape {tuple(output.shape)}, got {got}"
+            )
+        finite_rows = torch.isfinite(output).reshape(output.shape[0], -1).all(dim=1)
+        bad = finite_rows & ~torch.isfinite(scores).reshape(scores.shape[0], -1).all(dim=1)
+        if bool(bad.any()):
+            raise InvalidArgumentError(
+                f"score returned NaN or infinity for finite model outputs (rows {bad.nonzero().flatten()[:8].tolist()})"
+            )
+        return scores
 
-def _target_tensor(target: TargetType, output: Tensor) -> Tensor:
-    """Per-example target indices, validated against the model output."""
-    n = output.shape[0]
-    if output.dim() != 2:
-        raise ValueError(f"SISE needs model outputs [N, classes], got shape {tuple(output.shape)}")
-    classes = output.shape[1]
-    if target is None:
-        if classes != 1:
-            raise ValueError(f"target is required: the model has {classes} outputs per example")
-        target = 0
-    if isinstance(target, tuple):
-        raise ValueError("target must be an int, a list of ints or a tensor; tuple targets are not supported")
-    t = torch.as_tensor(target, device=output.device)
-    if t.is_floating_point() or t.is_complex():
-        raise ValueError(f"target must hold integer class indices, got dtype {t.dtype}")
-    t = t.long().reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise ValueError(f"target must have one entry per example ({n}), got {t.numel()}")
-    if ((t < 0) | (t >= classes)).any():
-        raise ValueError(f"target out of range: classes are 0..{classes - 1}, got {t.tolist()}")
-    return t
-
-
-def _gradient_pass(model, names, xs, args, target, psi):
-    """One forward + one backward: activations and gradients of every layer."""
-    acts: Dict[str, Tensor] = {}
-
-    def hook_for(name):
-        def hook(module, inp, out):
-            if not isinstance(out, Tensor) or out.dim() != 4:
-                shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise ValueError(f"layers: {name!r} must return an [N, C, h, w] map, got {shape}")
-            if name in acts:
-                raise ValueError(f"layers: {name!r} runs more than once per forward pass; pick a module used once")
-            # a clone, so that later in-place ops cannot change what we differentiate
-            acts[name] = out.clone()
-            return acts[name]
-
-        return hook
-
-    with HookBag() as bag, torch.enable_grad():
-        for name in names:
-            bag.add(find_module(model, name, "layers").register_forward_hook(hook_for(name)))
-        output = model(*(x.detach().requires_grad_(True) for x in xs), *(args or ()))
-        missing = [n for n in names if n not in acts]
-        if missing:
-            raise ValueError(f"layers: {missing} did not run in the forward pass")
-        targets = _target_tensor(target, output)
-        # wrappers such as NoiseTunnel may call us under no_grad: score inside enable_grad
-        scores = psi(output).gather(1, targets.unsqueeze(1)).sum()
-        grads = torch.autograd.grad(scores, list(acts.values()))
-    return {n: a.detach() for n, a in acts.items()}, [g.sum(dim=(2, 3)) for g in grads], targets
+    return apply
 
 
 def _keep(act: Tensor, alpha: Tensor, mu: float, budget: Union[None, int, float]) -> Tensor:
     """``[N, K]`` bool: the maps that become masks (filter, fallback, budget)."""
     flat = act.flatten(2)
-    alive = (flat.amax(-1) - flat.amin(-1)) > _EPS
+    alive = (flat.amax(-1) - flat.amin(-1)) > 1e-12
     if mu == float("-inf"):
         keep = alive.clone()
     else:
         keep = (alpha > mu * alpha.amax(dim=1, keepdim=True)) & alive
     # nothing survived: fall back on the best non-constant map
-    ranked = torch.where(alive, alpha, torch.full_like(alpha, -math.inf))
+    ranked = torch.where(alive, alpha, torch.full_like(alpha, -float("inf")))
     best = torch.zeros_like(keep).scatter_(1, ranked.argmax(dim=1, keepdim=True), True)
     keep = torch.where(keep.any(dim=1, keepdim=True), keep, best & alive)
     if budget is not None:
         count = keep.sum(dim=1, keepdim=True)
         k = count.clamp(max=budget) if isinstance(budget, int) else (count * budget).ceil().long()
-        order = torch.where(keep, alpha, torch.full_like(alpha, -math.inf)).argsort(dim=1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        order = torch.where(keep, alpha, torch.full_like(alpha, -float("inf"))).argsort(
+            dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
         keep = keep & (rank < k)
     return keep
-
-
-def _score_masks(model, xs, bases, args, targets, psi, acts, kept, chunk, show_progress) -> List[Tensor]:
-    """Score every kept mask; returns one ``[N, H, W]`` map per layer.
-
-    The masks of all layers form one stream cut into chunks of ``chunk``
-    masks, so every forward pass is full (a chunk may span two layers); only
-    the chunk being scored is upsampled to full resolution.
-    """
-    n, size = xs[0].shape[0], tuple(xs[0].shape[-2:])
-    device, dtype = xs[0].device, xs[0].dtype
-    jobs = [k.nonzero(as_tuple=True) for k in kept]  # one host sync per layer
-    bounds = [0]
-    for ex, _ in jobs:
-        bounds.append(bounds[-1] + len(ex))
-    v = torch.zeros((len(acts) * n,) + size, device=device, dtype=dtype)
-    with torch.no_grad(), tqdm(
-        total=math.ceil(bounds[-1] / chunk), disable=not show_progress, desc="SISE masks"
-    ) as bar:
-        for s in range(0, bounds[-1], chunk):
-            masks, rows = [], []
-            for layer, (act, (ex, ch)) in enumerate(zip(acts, jobs)):
-                lo, hi = max(s, bounds[layer]) - bounds[layer], min(s + chunk, bounds[layer + 1]) - bounds[layer]
-                if lo >= hi:
-                    continue
-                low = act[ex[lo:hi], ch[lo:hi]].unsqueeze(1).to(dtype)
-                masks.append(minmax_normalise(resize_maps(low, size)))
-                rows.append(layer * n + ex[lo:hi])
-            masks, rows = torch.cat(masks), torch.cat(rows)
-            e = rows % n
-            masked = tuple(_blend(x, b, e, masks) for x, b in zip(xs, bases))
-            out = model(*masked, *(_index_args(args, n, e) or ()))
-            sc = psi(out).gather(1, targets[e].unsqueeze(1)).to(dtype)
-            weights = sc / masks.sum(dim=(1, 2, 3)).unsqueeze(1).clamp(min=_EPS)
-            v.index_add_(0, rows, masks[:, 0] * weights.unsqueeze(-1))
-            bar.update(1)
-    return [minmax_normalise(part) for part in v.split(n)]
-
-
-def _blend(x: Tensor, base: Union[Tensor, int, float], e: Tensor, masks: Tensor) -> Tensor:
-    """``baseline + m * (x - baseline)`` for the examples ``e`` of a chunk."""
-    if isinstance(base, Tensor) and base.dim() == x.dim() and base.shape[0] == x.shape[0]:
-        base = base[e]
-    x = x[e]
-    return base + masks * (x - base)

@@ -7,7 +7,6 @@ writes the report folder: ``scan.json``, and for each method
 (the suspected trigger of the most anomalous class).
 """
 import argparse
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -26,10 +25,7 @@ from captum_global.cli._args import (
     prepare_output,
 )
 
-METHODS = {"ours": "scan_for_backdoor", "neural-cleanse": "neural_cleanse"}
-# --steps is the length of each method's optimisation: epochs of both scans (the first version of our
-# scan, without clean_inputs, took optimisation steps, n_steps)
-STEP_OPTION = {"ours": "n_epochs", "neural-cleanse": "n_epochs"}
+METHODS = ("ours", "neural-cleanse")
 SCAN_FILES = ("scan.json", "maps_*.png", "trigger_*.png")
 # Reference-world images no reference model was trained on (the demo's test split).
 _CLEAN_SEED = 20_261_123
@@ -52,8 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     scan.add_argument("--classes", type=int_list, help="class indices to scan, comma separated (default all; "
                                                        "at least 3 for the anomaly index)")
     scan.add_argument("--steps", type=int_in(1, 100_000), default=None,
-                      help="length of the optimisation per class, in epochs over the clean samples "
-                           "(default: each method's own)")
+                      help="length of the optimisation: n_steps of ours (optimisation steps, all classes "
+                           "together), n_epochs of Neural Cleanse (passes over the clean samples per class); "
+                           "default: each method's own")
     scan.add_argument("--threshold", type=positive_float, default=2.0,
                       help="anomaly index above which a class is flagged (default 2, as Neural Cleanse)")
     scan.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the optimisation")
@@ -86,57 +83,18 @@ def _clean_samples(args: argparse.Namespace, input_shape, reference: bool) -> Op
     return images
 
 
-def _scan_function(method: str):
-    from captum_global import backdoor
-
-    function = getattr(backdoor, METHODS[method], None)
-    if function is None:
-        raise UsageError(f"--method {method}: this version of captum_global has no backdoor.{METHODS[method]}")
-    return function
-
-
 def _run_one(method: str, model, example: Tensor, clean: Optional[Tensor], args, trigger_mask):
-    """Call the library's scan for ``method``, passing only the options its signature takes."""
-    function = _scan_function(method)
-    parameters = inspect.signature(function).parameters
+    from captum_global.backdoor import neural_cleanse, scan_for_backdoor
+
     options: Dict[str, Any] = dict(classes=args.classes, trigger_mask=trigger_mask, threshold=args.threshold,
                                    seed=args.seed, show_progress=not args.quiet)
-    if args.steps is not None:
-        options[STEP_OPTION[method] if "clean_inputs" in parameters or method != "ours" else "n_steps"] = args.steps
     if method == "neural-cleanse":
-        if clean is None:
-            raise UsageError("--method neural-cleanse needs clean samples: pass --clean DIR|FILE")
-        return function(model, clean, **options)
-    if "clean_inputs" in parameters:
-        options["clean_inputs"] = clean
-    elif args.clean is not None and "distribution" in parameters:
-        options["distribution"] = clean  # the first scan took clean samples as its distribution
-    return function(model, example, **options)
-
-
-def _trigger(scan, row: int):
-    """``(mask [H, W], pattern [C, H, W])`` suspected for class row ``row``."""
-    if hasattr(scan, "trigger_masks") and hasattr(scan, "trigger_patterns"):
-        return scan.trigger_masks[row], scan.trigger_patterns[row]
-    # a scan without a trigger estimate: the class map, cut at Otsu's threshold
-    from captum_global._maps import minmax_normalise, otsu_threshold, to_heatmap
-
-    heat = minmax_normalise(to_heatmap(scan.maps[row:row + 1], sign="absolute"))
-    mask = heat[0] > otsu_threshold(heat)[0]
-    return mask.float(), minmax_normalise(scan.maps[row:row + 1].abs())[0]
-
-
-def _table(scan, class_names: List[str], trigger_known: bool) -> str:
-    if hasattr(scan, "summary"):
-        return scan.summary()
-    rows = ["class  name          statistic  anomaly_index  flagged" + ("  trigger_energy" if trigger_known else "")]
-    for i, c in enumerate(scan.classes):
-        line = (f"{c:>5}  {class_names[c][:12]:<12}  {float(scan.statistic[i]):>9.4f}  "
-                f"{float(scan.anomaly_index[i]):>13.2f}  {'yes' if c in scan.flagged else 'no':>7}")
-        if trigger_known and getattr(scan, "trigger_energy", None) is not None:
-            line += f"  {float(scan.trigger_energy[i]):>14.3f}"
-        rows.append(line)
-    return "\n".join(rows) + f"\nflagged: {scan.flagged or 'none'}; most anomalous class: {scan.suspect}"
+        if args.steps is not None:
+            options["n_epochs"] = args.steps
+        return neural_cleanse(model, clean, **options)
+    if args.steps is not None:
+        options["n_steps"] = args.steps
+    return scan_for_backdoor(model, example, clean_inputs=clean, **options)
 
 
 def _figures(out: Path, method: str, scan, class_names: List[str], highlight) -> None:
@@ -149,8 +107,8 @@ def _figures(out: Path, method: str, scan, class_names: List[str], highlight) ->
                                 title=f"{method}: per-class maps (flagged {scan.flagged or 'none'})"),
              out / f"maps_{method}.png")
     row = scan.classes.index(scan.suspect)
-    mask, pattern = _trigger(scan, row)
-    mask, pattern = mask.detach().float().cpu(), pattern.detach().float().cpu().clamp(0, 1)
+    mask = scan.trigger_masks[row].detach().float().cpu()
+    pattern = scan.trigger_patterns[row].detach().float().cpu().clamp(0, 1)
     fig, axes = plt.subplots(1, 3, figsize=(6, 2.3))
     shown = [(mask, "mask", "gray"), (pattern.permute(1, 2, 0).squeeze(-1), "pattern", None),
              ((pattern * mask).permute(1, 2, 0).squeeze(-1), "mask x pattern", None)]
@@ -164,9 +122,7 @@ def _figures(out: Path, method: str, scan, class_names: List[str], highlight) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    methods = ["ours", "neural-cleanse"] if args.method == "both" else [args.method]
-    for method in methods:
-        _scan_function(method)
+    methods = list(METHODS) if args.method == "both" else [args.method]
     model, description, input_shape, trigger = model_from_args(args)
     reference = "reference" in description
     with torch.no_grad():
@@ -177,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         if len(args.classes) < 3 or max(args.classes) >= num_classes:
             raise UsageError(f"--classes needs at least 3 distinct classes in 0..{num_classes - 1}, "
                              f"got {args.classes}")
+    if "neural-cleanse" in methods and args.clean is None and not reference:
+        raise UsageError(f"--method {args.method} runs Neural Cleanse, which needs clean samples: "
+                         "pass --clean DIR|FILE")
     prepare_output(args.out, args.force, SCAN_FILES)  # refuse before minutes of work
     trigger_mask = None if trigger is None else trigger.mask(*input_shape[1:])
     if reference:
@@ -195,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     for method in methods:
         scan = _run_one(method, model, example, clean, args, trigger_mask)
         print(f"== {method} ==")
-        print(_table(scan, class_names, trigger_mask is not None), flush=True)
+        print(scan.summary(), flush=True)
         _figures(args.out, method, scan, class_names, trigger_mask)
         report["methods"][method] = scan.as_dict()
     (args.out / "scan.json").write_text(json.dumps(report, indent=2))

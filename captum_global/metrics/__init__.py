@@ -7,7 +7,7 @@ NaN or infinite model output raises
 :class:`~captum_global.errors.NonFiniteOutputError`. See ``docs/use/metrics.md``.
 """
 from captum_global.metrics._forward import ForwardCounter
-from captum_global.metrics.backdoor import flag_anomalies, mad_anomaly_index, trigger_energy_share
+from captum_global.metrics.backdoor import flag_anomalies, mad_anomaly_index, trigger_energy_share, trigger_iou
 from captum_global.metrics.faithfulness import (
     average_drop,
     deletion_auc,
@@ -28,6 +28,7 @@ __all__ = [
     "insertion_auc",
     "deletion_auc",
     "trigger_energy_share",
+    "trigger_iou",
     "mad_anomaly_index",
     "flag_anomalies",
     "ForwardCounter",

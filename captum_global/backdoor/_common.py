@@ -1,0 +1,135 @@
+"""Pieces both backdoor scans share: argument checks, stamping, anomaly flags, localisation."""
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numbers
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from captum_global._checks import check_model_output, check_number, check_tensor
+from captum_global._model_state import preserved_model_state
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
+from captum_global.metrics import mad_anomaly_index, trigger_energy_share, trigger_iou
+
+# The smallest number of classes a median-absolute-deviation test over
+# classes makes sense for (with two, both sit at the same distance from
+# their median).
+MIN_CLASSES = 3
+
+
+def count_classes(model: nn.Module, example: Tensor) -> int:
+    """Number of classes of ``model``, from one forward pass on ``example[:1]``."""
+    with preserved_model_state(model), torch.no_grad():
+        out = check_model_output(model(example[:1]), "model")
+    if out.dim() != 2:
+        raise InvalidArgumentError(f"model must return [batch, classes] scores, got shape {tuple(out.shape)}")
+    return int(out.shape[1])
+
+
+def check_images(value: Any, argument: str, min_examples: int = 1) -> Tensor:
+    """A floating ``[N, C, H, W]`` batch of finite images with at least ``min_examples`` rows."""
+    value = check_tensor(value, argument, dims=(4,), floating=True)
+    if value.shape[0] < min_examples:
+        raise InvalidArgumentError(
+            f"{argument} must hold at least {min_examples} example(s), got shape {tuple(value.shape)}"
+        )
+    return value.detach()
+
+
+def check_classes(classes: Any, num_classes: int) -> List[int]:
+    """Distinct integer class indices within the model's output, at least ``MIN_CLASSES``."""
+    if classes is None:
+        classes = list(range(num_classes))
+    elif isinstance(classes, Tensor):
+        if classes.is_floating_point() or classes.dtype == torch.bool or classes.dim() != 1:
+            raise InvalidArgumentTypeError(
+                f"classes must be a 1-D integer tensor or a sequence of ints, got dtype {classes.dtype}, "
+                f"shape {tuple(classes.shape)}"
+            )
+        classes = classes.tolist()
+    elif isinstance(classes, np.ndarray):
+        classes = classes.tolist() if np.issubdtype(classes.dtype, np.integer) else list(classes)
+    if not isinstance(classes, (list, tuple, range)):
+        raise InvalidArgumentTypeError(f"classes must be a sequence of ints, got {type(classes).__name__}")
+    bad = [c for c in classes
+           if isinstance(c, (bool, np.bool_)) or not isinstance(c, (numbers.Integral, np.integer))]
+    if bad:
+        raise InvalidArgumentTypeError(f"classes must hold ints, got {bad[0]!r} ({type(bad[0]).__name__})")
+    classes = [int(c) for c in classes]
+    if len(set(classes)) != len(classes):
+        dupes = sorted({c for c in classes if classes.count(c) > 1})
+        raise InvalidArgumentError(f"classes must not repeat a class, got {dupes} more than once")
+    if len(classes) < MIN_CLASSES:
+        raise InvalidArgumentError(
+            f"classes must hold at least {MIN_CLASSES} classes for an anomaly index over classes, got {classes}"
+        )
+    out_of_range = [c for c in classes if not 0 <= c < num_classes]
+    if out_of_range:
+        raise InvalidArgumentError(
+            f"classes {out_of_range} out of range: the model has {num_classes} classes (0..{num_classes - 1})"
+        )
+    return classes
+
+
+def check_threshold(threshold: Any) -> float:
+    return check_number(threshold, "threshold", minimum=0.0, min_inclusive=False)
+
+
+def check_trigger_mask(trigger_mask: Any, height: int, width: int) -> Optional[Tensor]:
+    """``None`` or a bool ``[H, W]`` region matching the images."""
+    if trigger_mask is None:
+        return None
+    mask = check_tensor(trigger_mask, "trigger_mask", dims=(2,))
+    if tuple(mask.shape) != (height, width):
+        raise InvalidArgumentError(
+            f"trigger_mask must have the images' spatial shape ({height}, {width}), got {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise InvalidArgumentError("trigger_mask must be a bool mask (or hold only 0 and 1)")
+        mask = mask.bool()
+    if not bool(mask.any()):
+        raise InvalidArgumentError("trigger_mask must mark at least one pixel")
+    return mask.cpu()
+
+
+def stamp(images: Tensor, masks: Tensor, patterns: Tensor) -> Tensor:
+    """``(1 - m) * x + m * p`` for every class and image: ``[K, B, C, H, W]``.
+
+    ``images`` ``[B, C, H, W]``, ``masks`` ``[K, 1, H, W]`` (or ``[K, H, W]``),
+    ``patterns`` ``[K, C, H, W]``.
+    """
+    if masks.dim() == 3:
+        masks = masks.unsqueeze(1)
+    return (1 - masks).unsqueeze(1) * images.unsqueeze(0) + (masks * patterns).unsqueeze(1)
+
+
+def low_side_index(values: Tensor) -> Tensor:
+    """MAD anomaly index of ``values``, kept only for values below the median (0 elsewhere)."""
+    index = mad_anomaly_index(values)
+    median = values.float().quantile(0.5)
+    return torch.where(values.float() < median, index, torch.zeros_like(index))
+
+
+def flagged_classes(classes: Sequence[int], index: Tensor, threshold: float) -> List[int]:
+    return [c for c, i in zip(classes, index.tolist()) if i > threshold]
+
+
+def localisation(masks: Tensor, trigger_mask: Optional[Tensor]) -> Dict[str, Tensor]:
+    """Energy share and top-pixel IoU of ``[K, H, W]`` suspected masks on the planted region."""
+    if trigger_mask is None:
+        return {}
+    masks = masks.detach().float().cpu()
+    return {
+        "energy_share": trigger_energy_share(masks, trigger_mask, sign="absolute", normalize=False),
+        "iou": trigger_iou(masks, trigger_mask),
+    }
+
+
+def split_inputs(inputs: Tensor, generator: torch.Generator, held_out: float) -> Tuple[Tensor, Tensor]:
+    """A seeded split of ``inputs`` into (optimisation, evaluation) rows."""
+    n = inputs.shape[0]
+    n_eval = min(n - 1, max(1, int(round(held_out * n))))
+    order = torch.randperm(n, generator=generator)
+    return inputs[order[n_eval:]], inputs[order[:n_eval]]
