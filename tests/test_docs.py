@@ -25,7 +25,6 @@ MACHINE_PATHS = re.compile(r"/work/|shared/papers|\.venv/bin")
 # Pages other engineers are rewriting; each mark names what is wrong today.
 KNOWN_BROKEN = {}
 KNOWN_MACHINE_PATHS = {
-    "use/classwise": "cites the method-notes path and .venv/bin commands",
 }
 
 
