@@ -21,18 +21,9 @@ from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError,
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _distributed_worker import SETTINGS, problem  # noqa: E402
+from _processes import outputs_of  # noqa: E402
 
 FAST = dict(iterations=10, batch_size=8)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Double backward of tiny convolutions is dominated by thread hand-offs on
-    # a 2-core machine: one thread is several times faster there.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(classes=3, act=nn.ReLU, bn=True, dtype=torch.float32):
@@ -487,12 +478,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", str(init), str(out)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for r in range(2)]
-    try:
-        logs = [p.communicate(timeout=120)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    logs = outputs_of(procs)
     assert all(p.returncode == 0 for p in procs), logs
     got = torch.load(out, weights_only=True)
     assert got["counts"].tolist() == single.counts.tolist()
