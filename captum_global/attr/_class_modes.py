@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from captum_global._checks import check_model_output
 from captum_global._model_state import HookBag
 from captum_global.attr._checkpoints import own_weights
 from captum_global.attr._gradient_matching import make_loader, split_batch, stream_class_features
@@ -114,7 +115,7 @@ def cluster_assigner(model: nn.Module, data, classes, k: int, batch_size: int, s
     features = penultimate(model, own, example)
     if classes is None:
         with torch.no_grad():
-            classes = tuple(range(functional_call(model, own, (example[:1],)).shape[-1]))
+            classes = tuple(range(check_model_output(functional_call(model, own, (example[:1],)), "model").shape[-1]))
     found = stream_class_features(model, data, classes, features, batch_size, weight.dtype, weight.device)
     centroids = fit_centroids(found, k, classes, seed)
     return lambda x, c: nearest(features(x).cpu(), centroids[c])

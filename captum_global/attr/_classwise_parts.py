@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -138,7 +139,7 @@ def check_data(data) -> None:
 def format_classes(classes) -> Optional[Tuple[int, ...]]:
     if classes is None:
         return None
-    if isinstance(classes, Tensor):
+    if isinstance(classes, (Tensor, np.ndarray)):
         classes = classes.flatten().tolist()
     elif not isinstance(classes, (list, tuple, range)):
         classes = [classes]

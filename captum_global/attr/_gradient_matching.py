@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from captum_global._checks import check_finite_output
+from captum_global._checks import check_finite_output, check_model_output
 from captum_global._model_state import find_module
 from captum_global.attr.classwise_types import ClassGradients, WeightPoint
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
@@ -130,7 +130,7 @@ def class_gradient(
     weights = {n: point[n].detach().requires_grad_(True) for n in names}
     state = dict(point)
     state.update(weights)
-    logits = functional_call(model, state, (inputs,))
+    logits = check_model_output(functional_call(model, state, (inputs,)), "model")
     check_finite_output(logits.detach(), "ClassWiseSynthesis", where or f"class {label}")
     target = torch.full((inputs.shape[0],), label, dtype=torch.long, device=logits.device)
     loss = F.cross_entropy(logits, target, reduction=reduction)
@@ -251,7 +251,7 @@ def stream_class_gradients(
         if sums is None:
             input_shape, dtype = tuple(x.shape[1:]), x.dtype
             with torch.no_grad():
-                num_outputs = functional_call(model, points[0], (x[:1],)).shape[-1]
+                num_outputs = check_model_output(functional_call(model, points[0], (x[:1],)), "model").shape[-1]
             classes = tuple(range(num_outputs)) if classes is None else tuple(classes)
             _validate_classes(classes, num_outputs)
             sums = [[[[torch.zeros(points[0][n].shape, dtype=torch.float64, device=device) for n in names]

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from captum_global._checks import check_finite_output
+from captum_global._checks import check_finite_output, check_model_output
 from captum_global.attr.classwise_types import ClassGradients, WeightPoint
 from captum_global.errors import InvalidArgumentError
 
@@ -87,7 +87,7 @@ def student_distance(
         if augment is not None:
             x = augment(x)
         state.update(zip(names, weights))
-        logits = functional_call(model, state, (x,))
+        logits = check_model_output(functional_call(model, state, (x,)), "model")
         if check is not None:
             check(logits, f"student step {step}")
         loss = F.cross_entropy(logits, y)

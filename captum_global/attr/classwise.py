@@ -36,6 +36,7 @@ from captum_global._checks import (
     check_bool,
     check_finite_output,
     check_int,
+    check_model_output,
     check_module,
     check_number,
     check_tensor,
@@ -138,8 +139,8 @@ class ClassWiseSynthesis(Attribution):
         model = self.forward_func
         parts.check_model(model)
         parts.check_data(data)
-        check_int(batch_size, "batch_size", minimum=1)
-        check_int(real_examples, "real_examples", minimum=0)
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        real_examples = check_int(real_examples, "real_examples", minimum=0)
         clusters = check_int(clusters, "clusters", minimum=1)
         check_bool(show_progress, "show_progress")
         seed = check_seed(seed)
@@ -324,14 +325,14 @@ class ClassWiseSynthesis(Attribution):
         priors, value_range = parts.check_options(optimizer, lr, init, distance, images_per_class, iterations,
                                                   priors, value_range, augment, momentum, mode,
                                                   parametrization, match)
-        check_int(real_examples, "real_examples", minimum=0)
-        check_int(student_steps, "student_steps", minimum=1)
-        check_int(checkpoint_gap, "checkpoint_gap", minimum=1)
+        real_examples = check_int(real_examples, "real_examples", minimum=0)
+        student_steps = check_int(student_steps, "student_steps", minimum=1)
+        checkpoint_gap = check_int(checkpoint_gap, "checkpoint_gap", minimum=1)
         if checkpoints_per_iteration is not None:
-            check_int(checkpoints_per_iteration, "checkpoints_per_iteration", minimum=1)
+            checkpoints_per_iteration = check_int(checkpoints_per_iteration, "checkpoints_per_iteration", minimum=1)
         if student_batch is not None:
-            check_int(student_batch, "student_batch", minimum=1)
-        check_number(step_scale, "step_scale", 0.0, min_inclusive=False)
+            student_batch = check_int(student_batch, "student_batch", minimum=1)
+        step_scale = check_number(step_scale, "step_scale", 0.0, min_inclusive=False)
         learn_step_scale = check_bool(learn_step_scale, "learn_step_scale")
         check_bool(show_progress, "show_progress")
         seed = check_seed(seed)
@@ -369,7 +370,7 @@ class ClassWiseSynthesis(Attribution):
                     prior=lambda x: parts.prior(x, priors, param.value_range), param=param, augment=augment_fn,
                     generator=gen, progress=progress)
             with torch.no_grad():
-                logits = model(images.flatten(0, 1))
+                logits = check_model_output(model(images.flatten(0, 1)), "model")
             check_finite_output(logits, "ClassWiseSynthesis", "the synthetic inputs")
         probs = torch.softmax(logits, dim=-1).view(len(rg.classes), images_per_class, -1)
         own = torch.tensor(rg.classes, device=device).view(-1, 1, 1).expand(-1, images_per_class, 1)
