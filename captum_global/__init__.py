@@ -8,6 +8,7 @@ metrics in :mod:`captum_global.metrics`, the built-in reference world
 """
 from captum_global.attr import (
     SISE,
+    ClassGradients,
     ClassWiseResult,
     ClassWiseSynthesis,
     GradientMatchingSynthesis,
@@ -25,4 +26,5 @@ __all__ = [
     "ClassWiseSynthesis",
     "GradientMatchingSynthesis",
     "ClassWiseResult",
+    "ClassGradients",
 ]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from captum_global._compat import format_inputs
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError, NonFiniteOutputError
 
 __all__ = [
@@ -148,6 +149,33 @@ def check_tensor(
         with torch.inference_mode(False):
             value = value.clone()
     return value
+
+
+def check_inputs(
+    inputs: Any, argument: str = "inputs", image_batch: bool = False, **tensor_options: Any
+) -> Tuple[Tensor, ...]:
+    """Captum's ``inputs`` (a tensor or a tuple of tensors) as a checked tuple.
+
+    Each tensor goes through :func:`check_tensor` (named ``inputs`` or
+    ``inputs[i]``) with ``tensor_options``; with ``image_batch`` each must be
+    ``[N, C, H, W]``. Anything else than a tensor or a tuple is refused here,
+    before Captum's formatter asserts on it without naming the argument.
+    """
+    if not isinstance(inputs, (Tensor, tuple)):
+        raise InvalidArgumentTypeError(
+            f"{argument} must be a tensor [N, C, H, W] or a tuple of them, got {type(inputs).__name__}"
+        )
+    formatted = format_inputs(inputs)
+    if not formatted:
+        raise InvalidArgumentError(f"{argument} is an empty tuple: give at least one tensor")
+    checked = []
+    for i, x in enumerate(formatted):
+        name = argument if len(formatted) == 1 else f"{argument}[{i}]"
+        x = check_tensor(x, name, **tensor_options)
+        if image_batch and x.dim() != 4:
+            raise InvalidArgumentError(f"{name} must be an image batch [N, C, H, W], got shape {tuple(x.shape)}")
+        checked.append(x)
+    return tuple(checked)
 
 
 def check_module(value: Any, argument: str, why: str = "") -> nn.Module:

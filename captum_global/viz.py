@@ -9,6 +9,7 @@ figures never appear in ``pyplot``'s figure list, and no window opens. Save
 one with :func:`save` (or ``fig.savefig``); show one in a notebook by
 leaving it as a cell's value.
 """
+import textwrap
 from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from captum_global._maps import to_heatmap
 
-__all__ = ["explanation_gallery", "class_map_grid", "synthetic_set_grid", "save"]
+__all__ = ["explanation_gallery", "class_map_grid", "synthetic_set_grid", "classwise_sets_figure", "save"]
 
 
 def _hwc(image: Tensor) -> np.ndarray:
@@ -182,3 +183,100 @@ def save(fig: Figure, path) -> None:
     is freed with its last reference.
     """
     fig.savefig(path, dpi=110)
+
+
+def classwise_sets_figure(
+    images_by_class: Tensor,
+    class_names: Sequence[str],
+    real_examples: Optional[Tensor] = None,
+    confidence: Optional[Tensor] = None,
+    highlight: Optional[Tensor] = None,
+    title: Optional[str] = None,
+    max_images: int = 6,
+    initial_images: Optional[Tensor] = None,
+    captions: Optional[Sequence[Sequence[str]]] = None,
+    stretch: bool = False,
+):
+    """Class-wise synthesis as a person reads it: one row per class, the
+    synthetic set beside real examples of the class.
+
+    Args:
+        images_by_class: ``[num_classes, n, 3, H, W]`` synthetic sets in [0, 1]
+            (``ClassWiseResult.images``).
+        class_names: row captions, one per row.
+        real_examples: optional ``[num_classes, m, 3, H, W]`` real examples of
+            each class, drawn after a gap to the right.
+        confidence: optional ``[num_classes, n]`` probability of its class on
+            each synthetic image (``ClassWiseResult.confidence``), in the titles.
+        highlight: optional ``[H, W]`` bool region (e.g. a planted trigger)
+            outlined on the synthetic images and their change maps.
+        title: optional figure title.
+        max_images: at most this many synthetic (and real) images per row.
+        initial_images: optional starting images (``ClassWiseResult.initial_images``):
+            then each synthetic image's change ``|S - S_init|`` (summed over
+            channels, one colour scale per row) is drawn after the set, which
+            shows *where* the synthesis changed the images.
+        captions: optional ``[num_classes][n]`` titles of the synthetic images
+            (e.g. how many real examples each stands for); override ``confidence``.
+        stretch: draw each synthetic image min-max stretched to [0, 1] (its
+            contrast, not its content, changes; say so in the title).
+    """
+    syn = images_by_class[:, :max_images]
+    n_classes, n_syn = syn.shape[:2]
+    n_change = n_syn if initial_images is not None else 0
+    n_real = 0 if real_examples is None else min(real_examples.shape[1], max_images)
+    blocks = [("syn", n_syn)] + ([("change", n_change)] if n_change else []) + ([("real", n_real)] if n_real else [])
+    ratios = []
+    for b, (_, width) in enumerate(blocks):
+        ratios += [1.0] * width + ([0.2] if b < len(blocks) - 1 else [])
+    cols = len(ratios)
+    fig = Figure(figsize=(1.2 * sum(ratios) + 0.5, 1.35 * n_classes + 0.5))
+    axes = fig.subplots(n_classes, cols, squeeze=False, gridspec_kw={"width_ratios": ratios})
+    box = None
+    if highlight is not None:
+        ys, xs = torch.nonzero(highlight, as_tuple=True)
+        box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    change = None
+    if n_change:
+        change = (syn - initial_images[:, :max_images].to(syn.device)).abs().sum(2).detach().float().cpu()
+    for c in range(n_classes):
+        col = 0
+        for b, (kind, width) in enumerate(blocks):
+            for k in range(width):
+                ax = axes[c, col + k]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if kind == "syn":
+                    image = syn[c, k]
+                    if stretch:
+                        image = (image - image.min()) / (image.max() - image.min()).clamp_min(1e-12)
+                    ax.imshow(_hwc(image))
+                    label = None
+                    if captions is not None:
+                        label = captions[c][k]
+                    elif confidence is not None:
+                        label = f"p={float(confidence[c, k]):.2f}"
+                    if label:
+                        ax.set_title(label, fontsize=6, pad=2)
+                    elif c == 0:
+                        ax.set_title("synthetic", fontsize=7, pad=2)
+                elif kind == "change":
+                    ax.imshow(change[c, k].numpy(), cmap="inferno", vmin=0, vmax=float(change[c].max()) or 1.0)
+                    if c == 0:
+                        ax.set_title("|change|", fontsize=7, pad=2)
+                else:
+                    ax.imshow(_hwc(real_examples[c, k]))
+                    if c == 0:
+                        ax.set_title("real", fontsize=7, pad=2)
+                if box is not None and kind != "real":
+                    _draw_box(ax, box, color="cyan")
+                if col + k == 0:
+                    ax.set_ylabel(class_names[c], fontsize=7)
+            col += width
+            if b < len(blocks) - 1:
+                axes[c, col].axis("off")
+                col += 1
+    if title:  # wrapped to the figure's width (about 15 characters of 8 pt text per inch)
+        fig.suptitle(textwrap.fill(title, max(30, int(fig.get_figwidth() * 15))), fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -55,31 +55,6 @@ def representative(cases):
 
 # Still open on this branch, in parts of the package other engineers are reworking (attr/, backdoor*, cli).
 KNOWN_OPEN = {
-    'ClassWiseSynthesis/data/one-nan-pixel': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'ClassWiseSynthesis/classes/duplicates': 'state_changed: the global random state changed (call ended: plain_error: ValueError: class',
-    'ClassWiseSynthesis/images_per_class/zero': 'plain_error: ValueError: images_per_class must be a positive integer, got 0',
-    'ClassWiseSynthesis/iterations/negative': 'plain_error: ValueError: iterations must be a non-negative integer, got -1',
-    'ClassWiseSynthesis/init/unknown': "plain_error: ValueError: init must be 'noise' or 'real', got 'zeros'",
-    'ClassWiseSynthesis/distance/unknown': "plain_error: ValueError: distance must be one of ('cosine', 'mse'), got 'l1'",
-    'ClassWiseSynthesis/optimizer/unknown': "plain_error: ValueError: optimizer must be 'adam' or 'sgd', got 'rmsprop'",
-    'ClassWiseSynthesis/lr/nan': 'plain_error: ValueError: lr must be positive, got nan',
-    'ClassWiseSynthesis/momentum/nan': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'ClassWiseSynthesis/batch_size/zero': 'plain_error: ValueError: batch_size must be a positive integer, got 0',
-    'ClassWiseSynthesis/priors/nan-weight': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'ClassWiseSynthesis/value_range/inverted': 'plain_error: ValueError: value_range must be (low, high) with low < high, got (1.0, 0.0)',
-    'ClassWiseSynthesis/augment/returns-nan': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'ClassWiseSynthesis/checkpoints/nan-weights': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'ClassWiseSynthesis/seed/negative': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'ClassWiseSynthesis/seed/none': 'refused_valid: RuntimeError: manual_seed expected a long, but got NoneType',
-    'ClassWiseSynthesis/model/no-parameters': 'cryptic_error: StopIteration: ',
-    'ClassWiseSynthesis/model/float16': 'state_changed: the global random state changed (call ended: cryptic_error: RuntimeError: I',
-    'ClassWiseSynthesis/model/train-mode-batch-norm': 'state_changed: the global random state changed (call ended: accepted: ClassWiseResult)',
-    'ClassWiseSynthesis/show_progress/string': 'state_changed: the global random state changed (call ended: silent_wrong: returned ClassWi',
-    'metrics.trigger_energy_share/trigger_mask/wrong-size': 'vague_error: InvalidArgumentError: masks region of example 0 is empty: a metric against an',
-    'metrics.trigger_energy_share/trigger_mask/empty': 'vague_error: InvalidArgumentError: masks region of example 0 is empty: a metric against an',
-    'metrics.mad_anomaly_index/values/one-value': 'plain_error: ValueError: values must hold at least 2 entries along the last dimension, got',
-    'metrics.flag_anomalies/options/threshold-nan': 'silent_wrong: returned Tensor(4,) for a bad input',
-    'metrics.flag_anomalies/options/direction-unknown': "plain_error: ValueError: direction must be 'high', 'low' or 'both', got 'up'",
 }
 
 ALL_CASES = all_cases()

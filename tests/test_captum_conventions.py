@@ -25,13 +25,6 @@ from captum_global.errors import InvalidArgumentError
 N, CLASSES = 3, 4
 IAS_FAST = {"n_steps": 2, "samples_per_step": 2, "seed": 0}
 
-# Problems these tests found in files other engineers own; each mark names it.
-XFAIL_CLASSWISE_ERRORS = pytest.mark.xfail(
-    strict=True,
-    reason="attr/classwise.py raises plain ValueError for a class outside the model's outputs, not the "
-    "InvalidArgumentError (ValueError + AssertionError) of the contract (issue 8)",
-)
-
 
 class ErrorModule(nn.Module):
     """Stands in for a layer and fails, as Captum's hook-removal test does."""
@@ -159,7 +152,6 @@ def test_class_wise_synthesis_leaves_no_hook_after_a_run(model):
     assert_unchanged(model, before)
 
 
-@XFAIL_CLASSWISE_ERRORS
 def test_class_wise_synthesis_bad_class_is_an_assertion_error_and_leaves_no_hook(model):
     before = snapshot(model)
     with pytest.raises(AssertionError, match="classes"):

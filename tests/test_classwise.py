@@ -1,9 +1,12 @@
-"""Tests of ClassWiseSynthesis (gradient-matching class-wise global explanation)."""
+"""Tests of ClassWiseSynthesis (class-wise synthesis by gradient or trajectory matching)."""
+import copy
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,23 +15,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from captum.attr import NoiseTunnel
-from captum_global.attr import ClassWiseSynthesis, GradientMatchingSynthesis
-from captum_global.attr._gradient_matching import class_gradient, gradient_distance, weight_points
+from captum_global import ClassGradients as TopLevelClassGradients
+from captum_global.attr import ClassGradients, ClassWiseResult, ClassWiseSynthesis, GradientMatchingSynthesis
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError, NonFiniteOutputError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _distributed_worker import SETTINGS, problem  # noqa: E402
+from _processes import outputs_of  # noqa: E402
 
 FAST = dict(iterations=10, batch_size=8)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Double backward of tiny convolutions is dominated by thread hand-offs on
-    # the shared 2-core machine: one thread is ~8x faster there.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(classes=3, act=nn.ReLU, bn=True, dtype=torch.float32):
@@ -46,45 +41,163 @@ def labelled(n=24, classes=3, size=6, dtype=torch.float32, seed=0):
     return TensorDataset(x.clamp(0, 1), y)
 
 
-def trained(data, classes=3, steps=60):
-    model = tiny(classes)
+def trained(data, classes=3, steps=60, every=None, act=nn.ReLU):
+    """A tiny model trained on ``data``; with ``every``, also its trajectory."""
+    model = tiny(classes, act=act)
     x, y = data.tensors
     opt = torch.optim.Adam(model.parameters(), 0.05)
-    for _ in range(steps):
+    trajectory = [copy.deepcopy(model.state_dict())]
+    for step in range(steps):
+        model.train()
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    return model.eval()
+        if every and (step + 1) % every == 0:
+            trajectory.append(copy.deepcopy(model.state_dict()))
+    model.eval()
+    return (model, trajectory) if every else model
 
 
-def test_shapes_grouping_and_access():
+def weights_of(model):
+    return [p for p in model.parameters() if p.dim() >= 2]
+
+
+def reference_objective(model, x, c, real, distance="cosine", augment=None, priors=None):
+    """Test oracle: the gradient-matching objective written with plain autograd on a copy."""
+    m = copy.deepcopy(model).eval()
+    inputs = augment(x) if augment else x
+    loss = F.cross_entropy(m(inputs), torch.full((x.shape[0],), c))
+    grads = torch.autograd.grad(loss, weights_of(m), create_graph=True)
+    total = x.new_zeros(())
+    for g, r in zip(grads, real):
+        a, b = g.reshape(g.shape[0], -1), r.reshape(r.shape[0], -1)
+        if distance == "cosine":
+            total = total + (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).sum()
+        else:
+            total = total + ((a - b) ** 2).sum()
+    for name, w in (priors or {}).items():
+        if name == "tv":
+            tv = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1) + \
+                (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+            total = total + w * tv.sum()
+        else:
+            total = total + w * ((x - 0.5) ** 2).flatten(1).mean(1).sum()
+    return total
+
+
+def real_class_mean_gradient(model, data, c):
+    x, y = data.tensors
+    m = copy.deepcopy(model).eval()
+    loss = F.cross_entropy(m(x[y == c]), y[y == c])
+    return [g.detach() for g in torch.autograd.grad(loss, weights_of(m))]
+
+
+def test_public_types_and_shapes():
+    assert TopLevelClassGradients is ClassGradients
+    assert ClassWiseResult.__module__ == ClassGradients.__module__ == "captum_global.attr.classwise_types"
     data = labelled()
-    r = ClassWiseSynthesis(tiny()).attribute(data, classes=[2, 0], images_per_class=3, **FAST)
+    r = ClassWiseSynthesis(tiny()).attribute(data, classes=[2, 0], images_per_class=3, real_examples=2, **FAST)
+    assert isinstance(r, ClassWiseResult) and r.mode == "gradient"
     assert r.images.shape == (2, 3, 3, 6, 6) and r.classes == (2, 0)
     assert r.initial_images.shape == r.images.shape
     assert r.confidence.shape == r.predictions.shape == (2, 3)
     assert r.loss_history.shape == (FAST["iterations"],)
     assert r.initial_distance.shape == r.final_distance.shape == (2,)
+    assert r.distances.shape == r.initial_distances.shape == (1, 2)
+    assert torch.equal(r.distances.sum(0), r.final_distance)
     assert torch.equal(r[2], r.images[0]) and torch.equal(r.as_dict()[0], r.images[1])
     assert r.counts.tolist() == [8, 8]
+    x, y = data.tensors
+    for c in (2, 0):  # real examples kept for figures are examples of their class
+        assert r.real_examples[c].shape == (2, 3, 6, 6)
+        assert all(bool(((x[y == c] - img).flatten(1).abs().amax(1) == 0).any()) for img in r.real_examples[c])
     assert r.images.min() >= 0 and r.images.max() <= 1  # value_range clamp
+    assert "no trajectory was given" in r.note and "no trajectory" in r.summary()
+    assert r.checkpoint_names == ("model",) and len(r.trajectory) == 1
+    assert r.trajectory_distances is None and r.step_scale is None
     with pytest.raises(KeyError, match="not synthesised"):
         r[1]
     assert GradientMatchingSynthesis is ClassWiseSynthesis
     assert ClassWiseSynthesis.get_name() == "Class-wise Synthesis"
 
 
-def test_deterministic_under_seed_and_batching():
-    data, model = labelled(), tiny()
+def test_distances_equal_hand_computation():
+    # Linear model without bias: d CE / dW = (softmax(Wx) - onehot) x^T, by hand.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 2.0]]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]).view(3, 1, 1, 2)
+    data = TensorDataset(x, torch.tensor([0, 0, 1]))
+    W = model[1].weight.detach()
+
+    def grad(inputs, c):
+        flat = inputs.view(-1, 2)
+        p = torch.softmax(flat @ W.T, dim=1)
+        p[:, c] -= 1
+        return (p.T @ flat) / flat.shape[0]
+
     method = ClassWiseSynthesis(model)
-    a = method.attribute(data, seed=1, **FAST)
-    b = method.attribute(data, seed=1, iterations=10, batch_size=5)  # batching never changes results
-    c = method.attribute(data, seed=2, **FAST)
-    assert torch.allclose(a.images, b.images, atol=1e-5)
-    assert not torch.allclose(a.images, c.images)
-    loader = DataLoader(data, batch_size=7)  # a DataLoader is read as is
-    d = method.attribute(loader, seed=1, iterations=10)
-    assert torch.allclose(a.images, d.images, atol=1e-5)
+    rg = method.real_class_gradients(data, batch_size=1)
+    assert torch.allclose(rg.grads[0][0][0], grad(x[:2], 0), atol=1e-6)
+    assert torch.allclose(rg.grads[0][1][0], grad(x[2:], 1), atol=1e-6)
+    s = torch.tensor([[[[2.0, 0.5]]], [[[0.0, 1.0]]]]).view(2, 1, 1, 1, 2)
+    expected_cos, expected_mse = [], []
+    for i, c in enumerate((0, 1)):
+        a, b = grad(s[i], c), grad(x[:2] if c == 0 else x[2:], c)
+        expected_cos.append(sum(1 - float(a[r] @ b[r]) / float(a[r].norm() * b[r].norm()) for r in range(2)))
+        expected_mse.append(float(((a - b) ** 2).sum()))
+    assert torch.allclose(method.matching_distance(s, rg), torch.tensor(expected_cos), atol=1e-5)
+    assert torch.allclose(method.matching_distance(s, rg, "mse"), torch.tensor(expected_mse), atol=1e-6)
+    assert method.matching_distance(s, rg, per_checkpoint=True).shape == (1, 2)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 24), st.integers(0, 1000))
+def test_batch_size_never_changes_the_targets(batch_size, seed):
+    data, model = labelled(seed=seed), tiny()
+    method = ClassWiseSynthesis(model)
+    a = method.real_class_gradients(data, batch_size=batch_size)
+    b = method.real_class_gradients(data, batch_size=24)
+    for ga, gb in zip(a.grads[0], b.grads[0]):
+        for ta, tb in zip(ga, gb):
+            assert torch.allclose(ta, tb, atol=1e-6)
+
+
+def test_real_target_is_full_class_mean_gradient():
+    data, model = labelled(n=20), tiny().eval()
+    rg = ClassWiseSynthesis(model).real_class_gradients(data, classes=[1], batch_size=3)
+    for got, want in zip(rg.grads[0][0], real_class_mean_gradient(model, data, 1)):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("option", ["adam", "sgd+priors", "sgd+augment", "mse"])
+def test_one_step_equals_hand_computed_update(option):
+    """One iteration moves the set exactly as the oracle's gradient says, per option."""
+    data = labelled()
+    model = trained(data, steps=20)
+    method = ClassWiseSynthesis(model)
+    kwargs = dict(classes=[1], images_per_class=2, iterations=1, batch_size=8)
+    lr, priors, augment, distance = 1e-4, None, None, "cosine"
+    if option == "sgd+priors":
+        priors = {"tv": 0.3, "l2": 0.7}
+    if option == "sgd+augment":
+        augment = lambda s: s.flip(-1) * 0.9  # noqa: E731
+    if option == "mse":
+        distance = "mse"
+    optimizer = "adam" if option in ("adam", "mse") else "sgd"
+    r = method.attribute(data, lr=lr, optimizer=optimizer, momentum=0.0, priors=priors, augment=augment,
+                         distance=distance, **kwargs)
+    x0 = r.initial_images[0].clone().requires_grad_(True)
+    real = real_class_mean_gradient(model, data, 1)
+    objective = reference_objective(model, x0, 1, real, distance, augment, priors)
+    g = torch.autograd.grad(objective, x0)[0]
+    if optimizer == "sgd":
+        expected = x0.detach() - lr * g
+    else:  # Adam's first step: lr * m / (sqrt(v) + eps) with bias correction = lr * g / (|g| + eps)
+        expected = x0.detach() - lr * g / (g.abs() + 1e-8)
+    assert torch.allclose(r.images[0], expected.clamp(0, 1), atol=1e-6)
+    after = reference_objective(model, r.images[0], 1, real, distance, augment, priors)
+    assert float(after) < float(objective.detach())  # a small step downhill
 
 
 def test_matching_loss_decreases_and_model_agrees():
@@ -96,92 +209,200 @@ def test_matching_loss_decreases_and_model_agrees():
     assert (r.predictions == torch.tensor(r.classes).view(-1, 1)).all()
 
 
-def test_distance_equals_hand_computation():
-    g1 = [torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([5.0, 1.0])]
-    g2 = [torch.tensor([[1.0, 1.0], [0.0, -3.0]]), torch.tensor([0.0, 9.0])]
-    # row 0: cos = 1/sqrt(2); row 1: cos = -1; the bias is left out.
-    expected = (1 - 1 / 2 ** 0.5) + 2
-    assert torch.isclose(gradient_distance(g1, g2), torch.tensor(expected), atol=1e-5)
-    assert torch.isclose(gradient_distance(g1, g2, "mse"), torch.tensor(1.0 + 25.0))
-    conv = torch.arange(24.0).view(2, 3, 2, 2)  # conv rows flatten in*kh*kw
-    rows = conv.view(2, 12)
-    flipped = torch.stack([rows[0], -rows[1]]).view(2, 3, 2, 2)
-    assert torch.isclose(gradient_distance([conv], [flipped]), torch.tensor(2.0), atol=1e-5)
-    with pytest.raises(ValueError, match="distance"):
-        gradient_distance(g1, g2, "l1")
-
-
-@settings(max_examples=20, deadline=None)
-@given(st.integers(1, 4), st.integers(1, 5), st.floats(0.01, 100.0), st.integers(0, 10_000))
-def test_cosine_distance_properties(rows, cols, scale, seed):
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
-    b = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
-    d = gradient_distance([a], [b])
-    assert 0 <= d <= 2 * rows + 1e-9
-    assert torch.isclose(gradient_distance([a * scale], [b]), d, atol=1e-4)  # scale invariant
-    assert gradient_distance([a], [a]) < 1e-4 * rows
-
-
-def test_synthetic_side_gradient_gradcheck():
-    model = tiny(act=nn.Tanh, dtype=torch.float64).eval()  # smooth, so second derivatives exist
-    point = weight_points(model, None, torch.device("cpu"))[0]
-    names = [n for n, p in model.named_parameters() if p.dim() >= 2]
-    gen = torch.Generator().manual_seed(0)
-    real = [torch.randn(point[n].shape, generator=gen, dtype=torch.float64) for n in names]
-    x = torch.rand(2, 3, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-    for distance in ("cosine", "mse"):
-        def f(s):
-            return gradient_distance(class_gradient(model, point, names, s, 1, create_graph=True), real, distance)
-        assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
-
-
-def test_real_target_is_full_class_mean_gradient():
-    data, model = labelled(n=20), tiny().eval()
-    method = ClassWiseSynthesis(model)
-    rg = method.real_class_gradients(data, classes=[1], batch_size=3)
-    x, y = data.tensors
-    model.zero_grad()
-    F.cross_entropy(model(x[y == 1]), y[y == 1]).backward()
-    expected = [p.grad for p in model.parameters() if p.dim() >= 2]
-    for got, want in zip(rg.grads[0][0], expected):
-        assert torch.allclose(got, want, atol=1e-6)
-    model.zero_grad(set_to_none=True)
-
-
-def test_checkpoints_and_reuse_of_targets(tmp_path):
+def test_deterministic_rng_left_as_found_and_batching():
     data, model = labelled(), tiny()
     method = ClassWiseSynthesis(model)
-    path = tmp_path / "ckpt.pt"
-    torch.save(model.state_dict(), path)
-    one = method.attribute(data, iterations=0)
-    two = method.attribute(data, iterations=0, checkpoints=[path, model.state_dict()])
-    # Gradients at three identical points: the objective is three times one.
-    assert torch.allclose(two.initial_distance, 3 * one.initial_distance, atol=1e-4)
-    rg = method.real_class_gradients(data, batch_size=8)
-    assert torch.allclose(method.attribute(rg, seed=4, iterations=5).images,
-                          method.attribute(data, seed=4, iterations=5, batch_size=8).images, atol=1e-6)
-    with pytest.raises(ValueError, match="checkpoints"):
-        method.attribute(data, checkpoints=[{"0.weight": torch.zeros(4, 3, 3, 3)}])
-    with pytest.raises(ValueError, match="parameters and checkpoints"):
-        method.attribute(rg, checkpoints=[path])
+    draws = []
+
+    def augment(s):  # draws from the global RNG, as user augmentations do
+        shift = int(torch.randint(0, 2, (1,)))
+        draws.append(shift)
+        return torch.roll(s, shift, dims=-1)
+
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(6)
+    states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    loader = DataLoader(data, batch_size=7, shuffle=True)  # iterating draws from the global RNG
+    a = method.attribute(loader, seed=0, augment=augment, iterations=6)
+    b = method.attribute(loader, seed=0, augment=augment, iterations=6)
+    half = len(draws) // 2
+    assert torch.equal(a.images, b.images) and draws[:half] == draws[half:] and len(set(draws)) == 2
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert random.getstate() == states[1] and np.array_equal(np.random.get_state()[1], states[2])
+    c = method.attribute(data, seed=1, **FAST)
+    d = method.attribute(data, seed=1, iterations=10, batch_size=5)  # batching never changes results
+    assert torch.allclose(c.images, d.images, atol=1e-5)
+    assert not torch.allclose(c.images, method.attribute(data, seed=2, **FAST).images)
+    e = method.attribute(data, seed=None, iterations=0)  # a fresh seed, drawn without the global RNG
+    assert e.images.shape == c.images.shape
+    assert torch.equal(torch.get_rng_state(), states[0])
 
 
-def test_real_init_draws_examples_of_the_class_and_options():
+def test_checkpoint_forms(tmp_path):
     data = labelled()
+    model, trajectory = trained(data, steps=20, every=10)
+    method = ClassWiseSynthesis(model)
+    ref = method.real_class_gradients(data, checkpoints=trajectory, batch_size=8)
+    assert len(ref.points) == 3 and ref.trajectory_given
+    torch.save(trajectory, tmp_path / "trajectory.pt")  # one file, a list of state dicts
+    for i, sd in enumerate(trajectory):
+        torch.save(sd, tmp_path / f"ckpt{i}.pt")
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in trajectory[1].items()}, str(tmp_path / "ckpt1.safetensors"))
+
+    def models():  # a callable yielding models
+        for sd in trajectory:
+            m = tiny()
+            m.load_state_dict(sd)
+            yield m
+
+    forms = {
+        "files": [tmp_path / f"ckpt{i}.pt" for i in range(3)],
+        "mixed": [str(tmp_path / "ckpt0.pt"), tmp_path / "ckpt1.safetensors", trajectory[2]],
+        "trajectory file": tmp_path / "trajectory.pt",
+        "callable of models": models,
+        "callable of state dicts": lambda: iter(trajectory),
+        "DataParallel names": [{"module." + k: v for k, v in sd.items()} for sd in trajectory],
+    }
+    for label, form in forms.items():
+        rg = method.real_class_gradients(data, checkpoints=form, batch_size=8)
+        assert len(rg.points) == 3, label
+        for k in range(3):
+            for got, want in zip(rg.grads[k], ref.grads[k]):
+                assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want)), label
+    assert "trajectory.pt" in method.real_class_gradients(data, checkpoints=forms["trajectory file"]).point_names[0]
+    # One state dict (not in a list) is one checkpoint.
+    one = method.real_class_gradients(data, checkpoints=trajectory[1], batch_size=8)
+    assert len(one.points) == 1 and torch.equal(one.grads[0][0][0], ref.grads[1][0][0])
+
+
+def test_gradient_matching_one_checkpoint_equals_final_weights_and_sums_over_checkpoints():
+    data = labelled()
+    model, trajectory = trained(data, steps=20, every=10)
+    method = ClassWiseSynthesis(model)
+    plain = method.attribute(data, seed=3, iterations=8)
+    one = method.attribute(data, seed=3, iterations=8, checkpoints=[model.state_dict()])
+    assert torch.equal(plain.images, one.images) and torch.equal(plain.final_distance, one.final_distance)
+    assert "one checkpoint" in one.note
+    twice = method.attribute(data, seed=3, iterations=0, checkpoints=[trajectory[2], trajectory[2]])
+    assert torch.allclose(twice.initial_distance, 2 * plain.initial_distance, atol=1e-4)
+    along = method.attribute(data, iterations=0, checkpoints=trajectory)
+    assert along.note == "" and along.checkpoint_names == ("checkpoints[0]", "checkpoints[1]", "checkpoints[2]")
+    for k, sd in enumerate(trajectory):  # per-checkpoint distances are those of one-checkpoint runs
+        alone = method.attribute(data, iterations=0, checkpoints=sd)
+        assert torch.allclose(along.initial_distances[k], alone.initial_distance, atol=1e-5)
+    sampled = method.attribute(data, iterations=6, checkpoints=trajectory, checkpoints_per_iteration=1)
+    assert sampled.loss_history.shape == (6,) and (sampled.final_distance < sampled.initial_distance).all()
+
+
+def test_trajectory_matching_distance_falls():
+    data = labelled(n=30)
+    model, trajectory = trained(data, steps=30, every=10)
+    method = ClassWiseSynthesis(model)
+    r = method.attribute(data, mode="trajectory", checkpoints=trajectory, images_per_class=2, iterations=40,
+                         student_steps=3, lr=0.03)
+    assert r.mode == "trajectory" and r.trajectory_distances.shape == (3,)
+    assert r.trajectory_distances.mean() < 0.8 * r.initial_trajectory_distances.mean()
+    assert r.loss_history[-10:].mean() < r.loss_history[:10].mean()
+    assert r.step_scale.shape == (len(weights_of(model)),) and (r.step_scale > 0).all()
+    assert r.distances.shape == (4, 3)
+
+
+def test_trajectory_distance_equals_hand_computation():
+    data = labelled()
+    model, trajectory = trained(data, steps=20, every=10)
+    r = ClassWiseSynthesis(model).attribute(data, mode="trajectory", checkpoints=trajectory, iterations=0,
+                                            student_steps=1, step_scale=0.5, learn_step_scale=False)
+    names = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    labels = torch.tensor(r.classes)
+    assert not torch.equal(r.trajectory[0]["1.running_var"], trajectory[0]["1.running_var"])  # filled in
+    for t in range(2):
+        m = tiny()
+        m.load_state_dict(r.trajectory[t])  # the points used: the first with population BatchNorm statistics
+        m.eval()
+        loss = F.cross_entropy(m(r.initial_images.flatten(0, 1)), labels)
+        params = dict(m.named_parameters())
+        grads = torch.autograd.grad(loss, [params[n] for n in names])
+        reached = 0.0
+        for n, g in zip(names, grads):  # one normalised step of half the real displacement's length
+            length = (trajectory[t + 1][n] - trajectory[t][n]).norm()
+            reached = reached + ((params[n] - 0.5 * length * g / g.norm() - trajectory[t + 1][n]) ** 2).sum()
+        real = sum(((trajectory[t][n] - trajectory[t + 1][n]) ** 2).sum() for n in names)
+        assert torch.isclose(r.initial_trajectory_distances[t], reached / real, rtol=1e-4)
+        assert torch.isclose(r.trajectory_distances[t], r.initial_trajectory_distances[t])  # no iteration
+    assert torch.allclose(r.step_scale, torch.full_like(r.step_scale, 0.5))
+
+
+class NotATensor:
+    """An arbitrary object: a file holding it must not be unpickled."""
+
+
+def test_mismatched_checkpoints_are_refused(tmp_path):
+    data = labelled()
+    model, trajectory = trained(data, steps=20, every=10)
+    method = ClassWiseSynthesis(model)
+    sd = trajectory[1]
+    lacking = {k: v for k, v in sd.items() if k != "0.weight"}
+    extra = dict(sd, **{"9.weight": torch.zeros(2)})
+    shaped = dict(sd, **{"5.weight": torch.zeros(3, 15)})
+    nan = dict(sd, **{"5.weight": torch.full((3, 16), float("nan"))})
+    torch.save({"epoch": 3, "state_dict": sd}, tmp_path / "wrapped.pt")
+    torch.save(NotATensor(), tmp_path / "pickle.pt")
+    for bad, match in ((lacking, r"lacks 1 entry.*0\.weight"), (extra, r"does not.*9\.weight"),
+                       (shaped, r"5\.weight.*shape \(3, 15\)"), (nan, "NaN"),
+                       ({"epoch": 3, "state_dict": sd}, r"checkpoint\['state_dict'\]"),
+                       (tmp_path / "wrapped.pt", "state_dict"), (tmp_path / "pickle.pt", "weights_only"),
+                       (tmp_path / "missing.pt", "no such file"), ([], "no checkpoint"), ({}, "state dict")):
+        with pytest.raises(InvalidArgumentError, match="checkpoints") as info:
+            method.attribute(data, checkpoints=bad, iterations=1)
+        assert info.match(match)
+    with pytest.raises(InvalidArgumentTypeError, match="checkpoints"):
+        method.attribute(data, checkpoints=3, iterations=1)
+    with pytest.raises(InvalidArgumentError, match=r"checkpoint_gap \+ 1 = 2.*none was given"):
+        method.attribute(data, mode="trajectory", iterations=1)
+    with pytest.raises(InvalidArgumentError, match="same matched weights"):
+        method.attribute(data, mode="trajectory", checkpoints=[sd, sd], iterations=1)
+    with pytest.raises(InvalidArgumentError, match="checkpoint_gap"):
+        method.attribute(data, mode="trajectory", checkpoints=trajectory, checkpoint_gap=3, iterations=1)
+
+
+def test_non_finite_and_unsupported_inputs_are_refused():
+    data, model = labelled(), tiny()
+    method = ClassWiseSynthesis(model)
     x, y = data.tensors
-    method = ClassWiseSynthesis(tiny())
-    r = method.attribute(data, init="real", images_per_class=2, iterations=0, classes=[1, 2])
-    for row, c in zip(r.initial_images, r.classes):
-        for img in row:
-            hit = (x - img).flatten(1).abs().amax(1) == 0
-            assert hit.any() and (y[hit] == c).all()
-    r = method.attribute(data, distance="mse", parameters=["5"], priors={"tv": 0.1, "l2": 0.1},
-                         augment=lambda s: torch.roll(s, 1, dims=-1), iterations=3,
-                         optimizer="sgd", lr=0.5, momentum=0.9)
-    assert torch.isfinite(r.images).all()
-    with pytest.raises(ValueError, match="init='real'"):
-        method.attribute(data, init="real", images_per_class=9, iterations=0)
+    bad = x.clone()
+    bad[5, 0, 1, 1] = float("nan")
+    with pytest.raises(InvalidArgumentError, match=r"data must be finite: example\(s\) \[5\]"):
+        method.attribute(TensorDataset(bad, y), iterations=1)
+    with pytest.raises(InvalidArgumentError, match=r"priors\['tv'\]"):
+        method.attribute(data, priors={"tv": float("nan")}, iterations=1)
+    with pytest.raises(InvalidArgumentError, match="augment returned NaN"):
+        method.attribute(data, augment=lambda s: s * float("nan"), iterations=1)
+    with pytest.raises(InvalidArgumentError, match="augment returned NaN"):
+        moved = {k: v + 0.1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        method.attribute(data, mode="trajectory", checkpoints=[model.state_dict(), moved],
+                         augment=lambda s: s / 0.0, iterations=1)
+    with pytest.raises(InvalidArgumentTypeError, match="model has torch.float16 weights"):
+        ClassWiseSynthesis(tiny().half()).attribute(data, iterations=1)
+    with pytest.raises(InvalidArgumentError, match="model has no parameters"):
+        ClassWiseSynthesis(nn.Flatten()).attribute(data, iterations=1)
+    with pytest.raises(InvalidArgumentTypeError, match="data must yield floating point"):
+        method.attribute(TensorDataset((x * 255).to(torch.uint8), y), iterations=1)
+    with pytest.raises(InvalidArgumentTypeError, match="seed"):
+        method.attribute(data, seed=1.5)
+    with pytest.raises(NonFiniteOutputError, match="class 0"):
+        nan_model = nn.Sequential(tiny(), nn.Threshold(10.0, float("nan")))
+        ClassWiseSynthesis(nan_model).attribute(data, iterations=1)
+    # Half-precision data with a float32 model is converted; no_grad and inference_mode are lifted.
+    ref = method.attribute(data, iterations=3)
+    half = method.attribute(TensorDataset(x.half(), y), iterations=3)
+    assert half.images.dtype == torch.float32
+    assert torch.allclose(half.images, method.attribute(TensorDataset(x.half().float(), y), iterations=3).images)
+    with torch.no_grad():
+        assert torch.equal(method.attribute(data, iterations=3).images, ref.images)
+    with torch.inference_mode():
+        assert torch.equal(method.attribute(data, iterations=3).images, ref.images)
 
 
 def test_model_untouched():
@@ -190,8 +411,11 @@ def test_model_untouched():
     model[0].weight.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    ClassWiseSynthesis(model).attribute(data, init="real", images_per_class=2,
-                                        checkpoints=[model.state_dict()], **FAST)
+    other = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    method = ClassWiseSynthesis(model)
+    method.attribute(data, init="real", images_per_class=2, checkpoints=[model.state_dict(), other], **FAST)
+    method.attribute(data, mode="trajectory", checkpoints=[model.state_dict(), other], iterations=2,
+                     student_steps=2)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # weights and BatchNorm statistics
     assert model.training and all(m.training for m in model.modules())
@@ -210,59 +434,161 @@ class Unlabelled(Dataset):
 def test_clear_errors():
     data = labelled(classes=2)  # class 2 of the 3-logit model has no example
     method = ClassWiseSynthesis(tiny())
-    with pytest.raises(ValueError, match=r"classes \[2\] have no examples"):
+    with pytest.raises(InvalidArgumentError, match=r"classes \[2\] have no examples"):
         method.attribute(data, iterations=1)
-    with pytest.raises(ValueError, match="classes"):
+    with pytest.raises(InvalidArgumentError, match="classes"):
         method.attribute(data, classes=[0, 3], iterations=1)
-    with pytest.raises(ValueError, match="classes"):
+    with pytest.raises(InvalidArgumentError, match="classes"):
         method.attribute(data, classes=[-1], iterations=1)
-    with pytest.raises(ValueError, match=r"\(input, label\)"):
+    with pytest.raises(InvalidArgumentError, match=r"\(input, label\)"):
         method.attribute(Unlabelled(), iterations=1)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(InvalidArgumentError, match="empty"):
         method.attribute(TensorDataset(torch.rand(0, 3, 6, 6), torch.zeros(0).long()))
     for kwargs, word in (({"init": "zeros"}, "init"), ({"distance": "l1"}, "distance"),
-                         ({"images_per_class": 0}, "images_per_class"),
-                         ({"priors": {"tvv": 1.0}}, "priors"), ({"value_range": (1, 0)}, "value_range"),
-                         ({"parameters": ["nope"]}, "parameters"), ({"optimizer": "lbfgs"}, "optimizer"),
-                         ({"lr": -1.0}, "lr")):
-        with pytest.raises(ValueError, match=word):
+                         ({"images_per_class": 0}, "images_per_class"), ({"mode": "both"}, "mode"),
+                         ({"priors": {"tvv": 1.0}}, "priors"), ({"priors": {"l2": -1.0}}, "priors"),
+                         ({"value_range": (1, 0)}, "value_range"), ({"parameters": ["nope"]}, "parameters"),
+                         ({"optimizer": "lbfgs"}, "optimizer"), ({"lr": -1.0}, "lr"),
+                         ({"lr": float("inf")}, "lr"), ({"student_steps": 0}, "student_steps"),
+                         ({"checkpoints_per_iteration": 0}, "checkpoints_per_iteration"),
+                         ({"step_scale": float("nan")}, "step_scale"), ({"iterations": np.int64(-1)}, "iterations")):
+        with pytest.raises(InvalidArgumentError, match=word):
             method.attribute(data, classes=[0], **kwargs)
+    with pytest.raises(InvalidArgumentTypeError, match="iterations"):
+        method.attribute(data, classes=[0], iterations=True)
+    with pytest.raises(InvalidArgumentTypeError, match="show_progress"):
+        method.attribute(data, classes=[0], iterations=1, show_progress="yes")
+    with pytest.raises(InvalidArgumentTypeError, match="show_progress"):
+        method.real_class_gradients(data, show_progress="yes")
+    assert method.attribute(data, classes=[np.int64(0)], iterations=np.int64(1)).classes == (0,)
     with pytest.raises(TypeError, match="NoiseTunnel"):
         method.attribute(torch.rand(2, 3, 6, 6))
     with pytest.raises(TypeError, match="NoiseTunnel"):
         NoiseTunnel(method).attribute(torch.rand(2, 3, 6, 6), nt_samples=2)
+    with pytest.raises(TypeError, match="model"):
+        ClassWiseSynthesis(lambda x: x)
 
 
 def test_two_gloo_processes_equal_one(tmp_path):
-    model, data = problem()
-    single = ClassWiseSynthesis(model).attribute(data, **SETTINGS)
+    model, data, trajectory = problem()
+    single = ClassWiseSynthesis(model).attribute(data, checkpoints=trajectory, **SETTINGS)
     worker = Path(__file__).parent / "_distributed_worker.py"
     out, init = tmp_path / "rank0.pt", tmp_path / "init"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", str(init), str(out)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for r in range(2)]
-    try:
-        logs = [p.communicate(timeout=90)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    logs = outputs_of(procs)
     assert all(p.returncode == 0 for p in procs), logs
     got = torch.load(out, weights_only=True)
     assert got["counts"].tolist() == single.counts.tolist()
     assert torch.allclose(got["initial"], single.initial_images)  # same real examples chosen
     assert torch.allclose(got["images"], single.images, atol=1e-8)
-    assert torch.allclose(got["final_distance"], single.final_distance, atol=1e-8)
+    assert torch.allclose(got["distances"], single.distances, atol=1e-8)
 
 
 def test_reference_model_synthetic_images_are_classified_as_their_class():
-    world = pytest.importorskip("captum_global.world")
-    if not hasattr(world, "load_reference_model"):
-        pytest.skip("captum_global.world.load_reference_model not available yet")
-    model = world.load_reference_model("vgg", "clean")
-    data = world.make_dataset(250, seed=11)
+    from captum_global.world import load_reference_model, make_dataset
+
+    model = load_reference_model("vgg", "clean")
+    data = make_dataset(250, seed=11)
     r = ClassWiseSynthesis(model).attribute(data, iterations=25, batch_size=125)
     assert (r.predictions == torch.tensor(r.classes).view(-1, 1)).float().mean() >= 0.8
     assert r.confidence.median() > 0.8
     assert (r.final_distance < r.initial_distance).all()
+
+
+def test_untracked_batchnorm_statistics_are_the_populations():
+    """A checkpoint saved before training has no BatchNorm statistics: the real data's are used,
+    layer after layer (the second layer's input normalised by the first's population statistics)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2),
+                          nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
+    data = labelled(n=21)
+    x = data.tensors[0]
+    init = copy.deepcopy(model.state_dict())  # num_batches_tracked == 0
+    for kind in ("first", "second"):
+        rg = ClassWiseSynthesis(model).real_class_gradients(data, checkpoints=[init], batch_size=4 if kind == "first" else 21)
+        point = rg.points[0]
+        with torch.no_grad():
+            h1 = model[0](x)
+            m1, v1 = h1.mean((0, 2, 3)), h1.var((0, 2, 3), unbiased=True)
+            z = torch.relu((h1 - m1.view(1, -1, 1, 1)) / torch.sqrt(v1.view(1, -1, 1, 1) + 1e-5))
+            h2 = model[3](z)
+        assert torch.allclose(point["1.running_mean"], m1, atol=1e-5)
+        assert torch.allclose(point["1.running_var"], v1, rtol=1e-4)
+        assert torch.allclose(point["4.running_mean"], h2.mean((0, 2, 3)), atol=1e-5)
+        assert torch.allclose(point["4.running_var"], h2.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert torch.equal(model.state_dict()["1.running_mean"], init["1.running_mean"])  # the model is untouched
+    tracked = copy.deepcopy(init)
+    tracked["1.num_batches_tracked"] += 1
+    tracked["4.num_batches_tracked"] += 1
+    kept = ClassWiseSynthesis(model).real_class_gradients(data, checkpoints=[tracked]).points[0]
+    assert torch.equal(kept["1.running_var"], init["1.running_var"])  # tracked statistics are kept
+
+
+def test_init_as_tensor_shared_or_per_class():
+    data, model = labelled(), tiny()
+    method = ClassWiseSynthesis(model)
+    shared = torch.rand(2, 3, 6, 6)
+    r = method.attribute(data, images_per_class=2, init=shared, iterations=0)
+    assert all(torch.equal(r.initial_images[i], shared) for i in range(3))
+    per_class = torch.rand(3, 2, 3, 6, 6)
+    assert torch.equal(method.attribute(data, images_per_class=2, init=per_class, iterations=0).initial_images,
+                       per_class)
+    with pytest.raises(InvalidArgumentError, match=r"init as a tensor must have shape \[images_per_class"):
+        method.attribute(data, images_per_class=3, init=shared, iterations=0)
+    with pytest.raises(InvalidArgumentError, match="init must be finite"):
+        method.attribute(data, images_per_class=2, init=shared * float("nan"), iterations=0)
+    with pytest.raises(InvalidArgumentError, match="init"):
+        method.attribute(data, init="zeros", iterations=0)
+
+
+def test_clusters_split_a_class_into_its_populations():
+    """Class 0 holds two populations the model tells apart: each synthetic input imitates one."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(36, 3, 6, 6, generator=gen) * 0.2
+    y = torch.arange(36) % 3
+    x[y == 1, 1] += 0.7
+    x[y == 2, 2] += 0.7
+    first = (y == 0).nonzero().flatten()[:4]  # 4 of the 12 class-0 images are bright in channel 0
+    x[first, 0] += 0.7
+    data = TensorDataset(x, y)
+    model = trained(data, steps=80, act=nn.Tanh)  # no dead units: the penultimate features tell the two apart
+    method = ClassWiseSynthesis(model)
+    rg = method.real_class_gradients(data, clusters=2, batch_size=5)
+    assert rg.cluster_counts.tolist()[0] in ([4, 8], [8, 4]) and rg.cluster_counts.sum(1).tolist() == [12, 12, 12]
+    j = rg.cluster_counts[0].tolist().index(4)
+    for got, want in zip(rg.cluster_grads[0][0][j], real_class_mean_gradient(model, TensorDataset(x[first], y[first]), 0)):
+        assert torch.allclose(got, want, atol=1e-6)  # the group's own mean gradient
+    for got, want in zip(rg.grads[0][0], real_class_mean_gradient(model, data, 0)):
+        assert torch.allclose(got, want, atol=1e-6)  # the class mean is unchanged
+    r = method.attribute(rg, images_per_class=2, match="clusters", iterations=3)
+    assert torch.equal(r.cluster_sizes, rg.cluster_counts)
+    # Input j is scored against group j: hand-check with the oracle on the starting images.
+    expected = sum(float(reference_objective(model, r.initial_images[0, g:g + 1], 0,
+                                             [t.detach() for t in rg.cluster_grads[0][0][g]])) for g in range(2))
+    assert abs(float(r.initial_distance[0]) - expected) < 1e-3
+    with pytest.raises(InvalidArgumentError, match="match='clusters' and images_per_class=2"):
+        method.attribute(rg, images_per_class=3, iterations=1)
+    with pytest.raises(InvalidArgumentError, match="match"):
+        method.attribute(data, mode="trajectory", match="clusters", iterations=1)
+    with pytest.raises(InvalidArgumentError, match="has only 12 examples"):
+        method.attribute(data, images_per_class=13, match="clusters", iterations=1)
+
+
+def test_classwise_sets_figure_draws_sets_changes_and_real_examples():
+    from captum_global import viz
+
+    gen = torch.Generator().manual_seed(0)
+    sets, start, real = (torch.rand(2, n, 3, 8, 8, generator=gen) for n in (3, 3, 2))
+    fig = viz.classwise_sets_figure(sets, ["a", "b"], real_examples=real, initial_images=start,
+                                    captions=[["x", "y", "z"], ["1", "2", "3"]], stretch=True)
+    axes = fig.axes
+    assert len(axes) == 2 * (3 + 1 + 3 + 1 + 2)
+    first = axes[0].images[0].get_array()
+    stretched = (sets[0, 0] - sets[0, 0].min()) / (sets[0, 0].max() - sets[0, 0].min())
+    assert np.allclose(first, stretched.permute(1, 2, 0).numpy(), atol=1e-6)
+    change = axes[4].images[0].get_array()  # after the 3 synthetic images and a gap
+    assert np.allclose(change, (sets[0, 0] - start[0, 0]).abs().sum(0).numpy(), atol=1e-6)
+    assert axes[0].get_title() == "x" and axes[8].get_title() == "real"

@@ -18,13 +18,8 @@ from captum_global.cli import build_parser, main
 from captum_global.explain import read_explanations
 from captum_global.loading import load_tensor
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+sys.path.insert(0, os.path.dirname(__file__))
+from _processes import outputs_of  # noqa: E402
 
 
 def usage_error(argv, capsys):
@@ -332,12 +327,7 @@ def test_explain_under_two_torchrun_style_processes(user_files, tmp_path):
                    MASTER_PORT=port, OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, "-m", "captum_global"] + base + ["--out", str(tmp_path / "two")],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        logs = [p.communicate(timeout=120)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    logs = outputs_of(procs)
     assert [p.returncode for p in procs] == [0, 0], logs
     assert "6 maps (Saliency) in 3 shard(s)" in logs[0] and "maps" not in logs[1]  # rank 0 reports
     for name in ["index.json"] + [f"shard-0000{k}.safetensors" for k in range(3)]:

@@ -11,6 +11,7 @@ from captum_global._checks import (
     check_bool,
     check_choice,
     check_finite_output,
+    check_inputs,
     check_int,
     check_model_output,
     check_number,
@@ -96,6 +97,22 @@ def test_check_tensor_refuses_non_finite_and_clones_inference_tensors():
     usable = check_tensor(frozen, "inputs")
     assert not usable.is_inference() and frozen.is_inference()
     assert usable.clone().requires_grad_(True).sum().backward() is None
+
+
+def test_check_inputs_formats_like_captum_and_names_the_argument():
+    x = torch.rand(2, 3, 4, 4)
+    single = check_inputs(x, floating=True)
+    assert isinstance(single, tuple) and len(single) == 1 and torch.equal(single[0], x)
+    pair = check_inputs((x, x[:, :1]), image_batch=True)
+    assert [t.shape[1] for t in pair] == [3, 1]
+    with pytest.raises(InvalidArgumentTypeError, match="inputs must be a tensor .* got ndarray"):
+        check_inputs(x.numpy())
+    with pytest.raises(InvalidArgumentTypeError, match="inputs must be a tensor .* got list"):
+        check_inputs([x])
+    with pytest.raises(InvalidArgumentError, match=r"inputs must be an image batch \[N, C, H, W\], got shape \(3, 4, 4\)"):
+        check_inputs(x[0], image_batch=True)
+    with pytest.raises(InvalidArgumentError, match=r"inputs\[1\] must be finite"):
+        check_inputs((x, torch.full((2, 1, 4, 4), float("nan"))))
 
 
 def test_model_output_checks():
@@ -313,3 +330,48 @@ def test_global_rng_is_restored_even_on_error():
         second = (torch.rand(2), random.random(), np.random.rand())
     assert torch.equal(first[0], second[0]) and first[1:] == second[1:]
     assert torch.equal(states[0], torch.get_rng_state())
+
+
+# --------------------------------------------- the same rules in the attribution methods
+
+def _tiny_classifier(classes=3):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, classes)).eval()
+
+
+def test_input_agnostic_saliency_refuses_bad_inputs_and_a_nan_refinement():
+    from captum_global.attr import InputAgnosticSaliency
+
+    ias = InputAgnosticSaliency(_tiny_classifier())
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(InvalidArgumentTypeError, match="inputs must be a tensor"):
+        ias.attribute(x.numpy(), target=[0, 1])
+    with pytest.raises(InvalidArgumentError, match=r"inputs must be an image batch \[N, C, H, W\] for refine=.smooth."):
+        ias.attribute(x[0], target=[0, 1, 2])
+    with pytest.raises(NonFiniteOutputError, match="refine callable returned non-finite values"):
+        ias.attribute(x, target=[0, 1], n_steps=2, samples_per_step=2, seed=0, refine=lambda r: r * float("nan"))
+
+
+def test_class_wise_synthesis_takes_numpy_classes_and_sizes_and_refuses_tuple_outputs():
+    from captum_global.attr import ClassWiseSynthesis
+
+    gen = torch.Generator().manual_seed(3)
+    data = torch.utils.data.TensorDataset(torch.rand(24, 3, 8, 8, generator=gen), torch.arange(24) % 5)
+    net = _tiny_classifier(5)
+    options = dict(images_per_class=1, iterations=2, seed=0)
+    reference = ClassWiseSynthesis(net).attribute(data, classes=[0, 1], batch_size=8, **options)
+    numpy_args = ClassWiseSynthesis(net).attribute(data, classes=np.array([0, 1]), batch_size=np.int64(8), **options)
+    assert numpy_args.classes == reference.classes
+    assert torch.equal(numpy_args.images, reference.images)
+
+    class TupleOut(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _tiny_classifier(5)
+
+        def forward(self, x):
+            return self.net(x), x
+
+    with pytest.raises(InvalidArgumentError, match="model must return one tensor"):
+        ClassWiseSynthesis(TupleOut()).attribute(data, classes=[0, 1], **options)

@@ -23,11 +23,8 @@ API = "API reference (docstrings and module sources)"
 MACHINE_PATHS = re.compile(r"/work/|shared/papers|\.venv/bin")
 
 # Pages other engineers are rewriting; each mark names what is wrong today.
-KNOWN_BROKEN = {
-    "measurements/explain": "links ../../benchmarks/results/explain_throughput.md, a file outside the site",
-}
+KNOWN_BROKEN = {}
 KNOWN_MACHINE_PATHS = {
-    "use/classwise": "cites the method-notes path and .venv/bin commands",
 }
 
 

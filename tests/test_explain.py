@@ -20,6 +20,7 @@ from captum_global.lineup import last_spatial_layer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _explain_worker import SETTINGS, problem  # noqa: E402
+from _processes import outputs_of  # noqa: E402
 
 
 def tiny(classes=3):
@@ -232,12 +233,7 @@ def test_two_gloo_processes_write_the_same_files_as_one(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", str(init), str(tmp_path / "two"), str(log)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
-    try:
-        logs = [p.communicate(timeout=120)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    logs = outputs_of(procs)
     assert all(p.returncode == 0 for p in procs), logs
     starts = {entry["rank"]: entry["starts"] for entry in map(json.loads, log.read_text().splitlines())}
     assert starts == {0: [0, 6], 1: [3, 9]}  # shard k on rank k mod 2

@@ -1,4 +1,7 @@
 """Block discovery (captum_global.attr._layers): one layer per convolutional block."""
+import os
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -8,6 +11,9 @@ from torch import nn
 
 from captum_global.attr import select_sise_layers
 from captum_global.attr._layers import find_block_outputs
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _sise_nets import TutorialNet  # noqa: E402
 
 tvm = torchvision.models
 
@@ -186,38 +192,22 @@ def test_real_efficientnet_lite0_blocks():
     assert names == ["net._blocks.0", "net._blocks.2", "net._blocks.4", "net._blocks.10", "net._bn1"]
 
 
-class _TutorialNet(nn.Module):
-    """PyTorch's CIFAR-10 tutorial net: one MaxPool module used twice, functional ReLU."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 10)
-
-    def forward(self, x):
-        x = self.pool(nn.functional.relu(self.conv1(x)))
-        x = self.pool(nn.functional.relu(self.conv2(x)))
-        return self.fc1(torch.flatten(x, 1))
-
-
 def test_tutorial_net_shared_pool_functional_relu():
     # the shared pool cannot be hooked per block; F.relu has no module: the convolutions
     # that feed each pooling are the block outputs (where LayerGradCam works too)
-    blocks = find_block_outputs(_TutorialNet(), torch.rand(1, 3, 32, 32))
+    blocks = find_block_outputs(TutorialNet(), torch.rand(1, 3, 32, 32))
     assert [(b.name, b.shape) for b in blocks] == [("conv1", (6, 28, 28)), ("conv2", (16, 10, 10))]
 
 
 def test_compiled_model_is_traced_through_its_original_module():
-    net = _TutorialNet()
+    net = TutorialNet()
     compiled = torch.compile(net, backend="eager")
     assert select_sise_layers(compiled, torch.rand(1, 3, 32, 32)) == ["conv1", "conv2"]
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
 
 
 def test_torchscript_model_is_refused_with_the_reason():
-    traced = torch.jit.trace(_TutorialNet(), torch.rand(1, 3, 32, 32))
+    traced = torch.jit.trace(TutorialNet(), torch.rand(1, 3, 32, 32))
     with pytest.raises(TypeError, match="TorchScript module.*forward hooks.*never called"):
         select_sise_layers(traced, torch.rand(1, 3, 32, 32))
 

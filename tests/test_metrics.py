@@ -25,6 +25,7 @@ from captum_global.metrics import (
     mad_anomaly_index,
     miou,
     trigger_energy_share,
+    trigger_iou,
 )
 
 FAITHFULNESS = (insertion_auc, deletion_auc, average_drop, increase_in_confidence)
@@ -518,6 +519,31 @@ def test_mad_anomaly_index_by_hand_and_flags():
     v = torch.tensor([1.0, 1.0, 1.0, 1.0, 10.0])
     assert torch.allclose(mad_anomaly_index(v)[-1], torch.tensor(9 / (1.8 * (torch.pi / 2) ** 0.5)))
     assert mad_anomaly_index(torch.ones(4)).tolist() == [0, 0, 0, 0]
+
+
+def test_backdoor_metrics_refuse_bad_regions_and_options_by_name():
+    maps = torch.rand(2, 1, 8, 8)
+    empty = torch.zeros(8, 8, dtype=torch.bool)
+    one_empty = torch.ones(2, 8, 8, dtype=torch.bool)
+    one_empty[1] = False
+    cases = [
+        (lambda: trigger_energy_share(maps, empty), "trigger_mask marks no pixel \\(example 0\\)"),
+        (lambda: trigger_iou(maps[:, 0], one_empty), "trigger_mask marks no pixel \\(example 1\\)"),
+        (lambda: trigger_iou(maps[:, 0], torch.ones(4, 4, dtype=torch.bool)), "trigger_mask must have shape \\(8, 8\\)"),
+        (lambda: trigger_energy_share(maps, torch.ones(3, 8, 8, dtype=torch.bool)), "trigger_mask must have shape"),
+        (lambda: mad_anomaly_index(torch.ones(1)), "values must hold at least 2"),
+        (lambda: flag_anomalies(torch.rand(4), threshold=float("nan")), "threshold"),
+        (lambda: flag_anomalies(torch.rand(4), direction="up"), "direction"),
+    ]
+    for call, message in cases:
+        with pytest.raises(InvalidArgumentError, match=message):
+            call()
+    # a layer-resolution map is read against an image-resolution trigger (upsampled, as the other metrics do)
+    low = torch.zeros(1, 1, 2, 2)
+    low[0, 0, 1, 1] = 1.0
+    corner = torch.zeros(8, 8, dtype=torch.bool)
+    corner[4:, 4:] = True
+    assert trigger_energy_share(low, corner, normalize=False).item() > 0.5
 
 
 # ---------------------------------------------------------------- errors

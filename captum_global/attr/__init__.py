@@ -4,12 +4,13 @@
 - :class:`InputAgnosticSaliency`: what a model attributes to a class with
   no input image.
 - :class:`ClassWiseSynthesis` (alias :class:`GradientMatchingSynthesis`):
-  a small synthetic set per class whose training gradients match the real
-  data's.
+  a small synthetic set per class that imitates the training run (gradient
+  or trajectory matching); results in :class:`ClassWiseResult`.
 - :func:`select_sise_layers`: the layers SISE reads by default.
 """
 from captum_global.attr._layers import select_sise_layers
-from captum_global.attr.classwise import ClassWiseResult, ClassWiseSynthesis, GradientMatchingSynthesis
+from captum_global.attr.classwise import ClassWiseSynthesis, GradientMatchingSynthesis
+from captum_global.attr.classwise_types import ClassGradients, ClassWiseResult
 from captum_global.attr.input_agnostic import InputAgnosticSaliency
 from captum_global.attr.sise import SISE
 
@@ -20,4 +21,5 @@ __all__ = [
     "ClassWiseSynthesis",
     "GradientMatchingSynthesis",
     "ClassWiseResult",
+    "ClassGradients",
 ]

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from captum_global._checks import check_finite_output, check_model_output
 from captum_global._maps import NO_SIGNAL_RTOL, minmax_normalise, to_heatmap
-from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError, NonFiniteOutputError
 
 __all__ = [
     "uniform",
@@ -353,6 +353,9 @@ def apply_refine(rho: Tensor, refine, smooth_sigma: float, suppress: float) -> T
         out = refine(rho)
         if not isinstance(out, Tensor) or out.shape != rho.shape:
             raise InvalidArgumentError(f"refine callable must return a Tensor of shape {tuple(rho.shape)}")
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteOutputError("refine callable returned non-finite values (NaN or inf) for the "
+                                       "perturbations; a map built from them would be meaningless")
         return out
     if refine == "smooth":
         return refine_smooth(rho, smooth_sigma, suppress)

@@ -7,9 +7,10 @@ so they can be tested on their own:
   by gradient matching (per output unit ``1 - cos`` of gradient rows,
   summed; 1-D parameters such as biases and BatchNorm affines are left out);
 - :func:`stream_class_gradients`, one streaming pass over a dataset that
-  returns, for every requested class and every weight point (the model's
-  weights and optional checkpoints), the gradient of the *mean* training
-  loss over all examples of that class, all-reduced across processes.
+  returns, for every requested class and every weight point (each
+  checkpoint of a trajectory, or the model's own weights), the gradient of
+  the *mean* training loss over all examples of that class, all-reduced
+  across processes.
 
 Gradients are taken with :func:`torch.func.functional_call` on detached
 copies of the weights, so the caller's parameters, their ``requires_grad``
@@ -17,8 +18,7 @@ flags and their ``.grad`` fields are never touched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,17 +26,19 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from captum_global._checks import check_finite_output, check_model_output
 from captum_global._model_state import find_module
+from captum_global.attr.classwise_types import ClassGradients, WeightPoint
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
     "DISTANCES",
-    "ClassGradients",
     "gradient_distance",
     "matched_parameter_names",
-    "weight_points",
     "class_gradient",
     "make_loader",
     "split_batch",
+    "stream_class_features",
     "stream_class_gradients",
 ]
 
@@ -45,8 +47,6 @@ DISTANCES = ("cosine", "mse")
 # confident model has weight-gradient rows of norm ~1e-4, where a 1e-6 guard
 # on the product of norms turns the cosine into a scaled dot product.
 _EPS = 1e-20
-
-WeightPoint = Dict[str, Tensor]
 
 
 def _rows(g: Tensor) -> Tensor:
@@ -63,13 +63,13 @@ def gradient_distance(g_syn: Sequence[Tensor], g_real: Sequence[Tensor], distanc
     condensation paper's "mse"). 1-D tensors contribute nothing to either.
     """
     if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        raise InvalidArgumentError(f"distance must be one of {DISTANCES}, got {distance!r}")
     if len(g_syn) != len(g_real):
-        raise ValueError(f"got {len(g_syn)} synthetic and {len(g_real)} real gradients")
+        raise InvalidArgumentError(f"got {len(g_syn)} synthetic and {len(g_real)} real gradients")
     total = g_syn[0].new_zeros(())
     for a, b in zip(g_syn, g_real):
         if a.shape != b.shape:
-            raise ValueError(f"gradient shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+            raise InvalidArgumentError(f"gradient shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
         if a.dim() < 2:
             continue
         a, b = _rows(a), _rows(b)
@@ -95,45 +95,21 @@ def matched_parameter_names(model: nn.Module, parameters) -> List[str]:
         prefix = {id(m): n for n, m in model.named_modules()}
         names = []
         for item in parameters:
-            module = find_module(model, item, argument="parameters")
+            try:
+                module = find_module(model, item, argument="parameters")
+            except ValueError as err:
+                raise InvalidArgumentError(str(err)) from None
             base = prefix[id(module)]
             for n, p in module.named_parameters():
                 full = f"{base}.{n}" if base else n
                 if p.dim() >= 2 and full not in names:
                     names.append(full)
     if not names:
-        raise ValueError(
+        raise InvalidArgumentError(
             "parameters selects no weight with two or more dimensions (biases and "
             "BatchNorm affines are not matched); name modules with conv/linear weights"
         )
     return names
-
-
-def weight_points(model: nn.Module, checkpoints, device: torch.device) -> List[WeightPoint]:
-    """The weights (and buffers) at which gradients are taken: the model's own,
-    then each checkpoint (a state_dict or a path loaded with weights_only=True)."""
-    own = {n: t.detach() for n, t in model.named_parameters()}
-    own.update({n: t.detach() for n, t in model.named_buffers()})
-    points = [own]
-    for i, ckpt in enumerate(checkpoints or []):
-        if not isinstance(ckpt, dict):
-            ckpt = torch.load(ckpt, map_location=device, weights_only=True)
-            if not isinstance(ckpt, dict):
-                raise ValueError(f"checkpoints[{i}] does not hold a state_dict")
-        missing = [n for n in own if n not in ckpt]
-        if missing:
-            raise ValueError(
-                f"checkpoints[{i}] lacks entries of the model's state_dict, e.g. {missing[:3]}"
-            )
-        point = {}
-        for n, t in own.items():
-            if tuple(ckpt[n].shape) != tuple(t.shape):
-                raise ValueError(
-                    f"checkpoints[{i}][{n!r}] has shape {tuple(ckpt[n].shape)}, the model {tuple(t.shape)}"
-                )
-            point[n] = ckpt[n].detach().to(device=t.device, dtype=t.dtype)
-        points.append(point)
-    return points
 
 
 def class_gradient(
@@ -144,13 +120,18 @@ def class_gradient(
     label: int,
     create_graph: bool = False,
     reduction: str = "mean",
+    where: str = "",
 ) -> List[Tensor]:
     """Gradient of the cross-entropy of ``inputs`` all labelled ``label``,
-    wrt the weights ``names`` at ``point`` (model assumed in eval mode)."""
+    wrt the weights ``names`` at ``point`` (model assumed in eval mode).
+
+    Raises :class:`~captum_global.errors.NonFiniteOutputError` (saying
+    ``where``) when the model returns NaN or infinity."""
     weights = {n: point[n].detach().requires_grad_(True) for n in names}
     state = dict(point)
     state.update(weights)
-    logits = functional_call(model, state, (inputs,))
+    logits = check_model_output(functional_call(model, state, (inputs,)), "model")
+    check_finite_output(logits.detach(), "ClassWiseSynthesis", where or f"class {label}")
     target = torch.full((inputs.shape[0],), label, dtype=torch.long, device=logits.device)
     loss = F.cross_entropy(logits, target, reduction=reduction)
     return list(torch.autograd.grad(loss, [weights[n] for n in names], create_graph=create_graph))
@@ -163,32 +144,47 @@ def make_loader(data, batch_size: int) -> Tuple[DataLoader, Optional[Tensor]]:
     if isinstance(data, DataLoader):
         return data, None
     if not isinstance(data, Dataset):
-        raise TypeError(
+        raise InvalidArgumentTypeError(
             f"data must be a torch Dataset yielding (input, label) or a DataLoader, "
             f"got {type(data).__name__}"
         )
     n = len(data)
     if n == 0:
-        raise ValueError("data is empty: the dataset has no examples")
+        raise InvalidArgumentError("data is empty: the dataset has no examples")
     rank, world = _rank_world()
     index = torch.arange(rank, n, world)
     return DataLoader(Subset(data, index.tolist()), batch_size=batch_size, shuffle=False), index
 
 
-def split_batch(batch) -> Tuple[Tensor, Tensor]:
-    """``(inputs, labels)`` of one batch, with a clear error when there are no labels."""
+def split_batch(batch, seen: int = 0) -> Tuple[Tensor, Tensor]:
+    """``(inputs, labels)`` of one batch, checked: labelled, floating point,
+    finite (``seen``: examples read before this batch, to name a bad one)."""
     if not isinstance(batch, (list, tuple)) or len(batch) != 2:
         what = f"a {len(batch)}-sequence" if isinstance(batch, (list, tuple)) else type(batch).__name__
-        raise ValueError(f"data must yield (input, label) pairs; its batches are {what}")
+        raise InvalidArgumentError(f"data must yield (input, label) pairs; its batches are {what}")
     x, y = batch
     if not isinstance(x, Tensor):
-        raise ValueError(f"data must yield tensor inputs, got {type(x).__name__}")
+        raise InvalidArgumentTypeError(f"data must yield tensor inputs, got {type(x).__name__}")
     y = torch.as_tensor(y)
     if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
-        raise ValueError(
+        raise InvalidArgumentError(
             "data must yield integer class labels (one per input); got labels of "
             f"shape {tuple(y.shape)} and dtype {y.dtype}"
         )
+    if not x.is_floating_point():
+        raise InvalidArgumentTypeError(
+            f"data must yield floating point inputs (the synthetic inputs are optimised), got dtype {x.dtype}; "
+            "convert them, e.g. images.float() / 255"
+        )
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        rows = (bad.nonzero().flatten() + seen).tolist()
+        raise InvalidArgumentError(
+            f"data must be finite: example(s) {rows[:8]} (in reading order) hold NaN or infinite values"
+        )
+    if x.is_inference():
+        with torch.inference_mode(False):
+            x = x.clone()
     return x, y.long()
 
 
@@ -197,34 +193,6 @@ def _rank_world() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-@dataclass
-class ClassGradients:
-    """Fixed gradient targets of a gradient-matching synthesis.
-
-    Attributes:
-        classes: class ids, in the order of ``grads[k]``.
-        names: matched weight names, in the order of ``grads[k][c]``.
-        points: the weight points (model's own weights first, then checkpoints).
-        grads: ``grads[k][c]`` the gradient (list over ``names``) of the mean
-            cross-entropy over all real examples of ``classes[c]`` at point k.
-        counts: ``[C]`` real examples per class (over all processes).
-        num_outputs: the model's number of logits.
-        input_shape, dtype: shape (without batch) and dtype of one input.
-        real_examples: ``{class: [m, *input_shape]}`` kept real examples (for
-            ``init="real"``), a seeded random choice among the class.
-    """
-
-    classes: Tuple[int, ...]
-    names: List[str]
-    points: List[WeightPoint]
-    grads: List[List[List[Tensor]]]
-    counts: Tensor
-    num_outputs: int
-    input_shape: Tuple[int, ...]
-    dtype: torch.dtype
-    real_examples: Dict[int, Tensor] = field(default_factory=dict)
 
 
 def _keep_smallest(pool: List[Tuple[float, Tensor]], keys: Tensor, xs: Tensor, m: int) -> List:
@@ -244,8 +212,16 @@ def stream_class_gradients(
     keep_real: int = 0,
     seed: int = 0,
     progress=None,
+    point_names: Tuple[str, ...] = ("model",),
+    trajectory_given: bool = False,
+    assign: Optional[Callable[[Tensor, int], Tensor]] = None,
+    groups: int = 1,
 ) -> ClassGradients:
     """One pass over ``data``: class-mean real gradients at every point.
+
+    With ``assign`` (examples of class c -> group ids in ``[0, groups)``),
+    the mean gradient of every group of every class is kept too (the class
+    mean is still exact: the count-weighted mean of its groups').
 
     The model is in eval mode (BatchNorm uses its running statistics), so the
     loss of a batch is a sum of per-example terms and the gradient of the mean
@@ -268,21 +244,22 @@ def stream_class_gradients(
     pools: Dict[int, List] = {}
     num_outputs = input_shape = dtype = None
     seen = 0
+    weight_dtype = points[0][names[0]].dtype
     for batch in loader:
-        x, y = split_batch(batch)
-        x, y = x.to(device), y.to(device)
+        x, y = split_batch(batch, seen)
+        x, y = x.to(device=device, dtype=weight_dtype), y.to(device)
         if sums is None:
             input_shape, dtype = tuple(x.shape[1:]), x.dtype
             with torch.no_grad():
-                num_outputs = functional_call(model, points[0], (x[:1],)).shape[-1]
+                num_outputs = check_model_output(functional_call(model, points[0], (x[:1],)), "model").shape[-1]
             classes = tuple(range(num_outputs)) if classes is None else tuple(classes)
             _validate_classes(classes, num_outputs)
-            sums = [[[torch.zeros(points[0][n].shape, dtype=torch.float64, device=device) for n in names]
-                     for _ in classes] for _ in points]
-            counts = torch.zeros(len(classes), dtype=torch.float64, device=device)
+            sums = [[[[torch.zeros(points[0][n].shape, dtype=torch.float64, device=device) for n in names]
+                      for _ in range(groups)] for _ in classes] for _ in points]
+            counts = torch.zeros(len(classes), groups, dtype=torch.float64, device=device)
         bad = (y < 0) | (y >= num_outputs)
         if bool(bad.any()):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"data holds label {int(y[bad][0])}, outside the model's {num_outputs} outputs"
             )
         if keep_real:
@@ -290,59 +267,105 @@ def stream_class_gradients(
         seen += len(y)
         for ci, c in enumerate(classes):
             sel = y == c
-            n_c = int(sel.sum())
-            if n_c == 0:
+            if not bool(sel.any()):
                 continue
-            counts[ci] += n_c
-            for k, point in enumerate(points):
-                g = class_gradient(model, point, names, x[sel], c, reduction="sum")
-                for acc, gi in zip(sums[k][ci], g):
-                    acc += gi.double()
+            xc = x[sel]
+            group = assign(xc, c) if assign is not None else torch.zeros(len(xc), dtype=torch.long)
+            for j in range(groups):
+                members = (group == j).to(xc.device)
+                n_j = int(members.sum())
+                if n_j == 0:
+                    continue
+                counts[ci, j] += n_j
+                for k, point in enumerate(points):
+                    g = class_gradient(model, point, names, xc[members], c, reduction="sum",
+                                       where=f"{point_names[k]}, real examples of class {c}")
+                    for acc, gi in zip(sums[k][ci][j], g):
+                        acc += gi.double()
             if keep_real:
                 pools[c] = _keep_smallest(pools.get(c, []), keys[sel.cpu()], x[sel].detach().cpu(), keep_real)
         if progress is not None:
             progress.update(1)
     if sums is None:
-        raise ValueError("data is empty: the loader yielded no batches")
+        raise InvalidArgumentError("data is empty: the loader yielded no batches")
     if world > 1:
         _all_reduce(sums, counts)
         if keep_real:
             pools = _gather_pools(pools, keep_real)
-    empty = [c for ci, c in enumerate(classes) if counts[ci] == 0]
+    per_class = counts.sum(1)
+    empty = [c for ci, c in enumerate(classes) if per_class[ci] == 0]
     if empty:
-        raise ValueError(f"classes {empty} have no examples in data: nothing to match for them")
-    grads = [[[(acc / counts[ci]).to(points[0][n].dtype) for acc, n in zip(per_class, names)]
-              for ci, per_class in enumerate(per_point)] for per_point in sums]
+        raise InvalidArgumentError(f"classes {empty} have no examples in data: nothing to match for them")
+    wdtype = [points[0][n].dtype for n in names]
+    grads = [[[(sum(g[i] for g in per_group) / per_class[ci]).to(wdtype[i]) for i in range(len(names))]
+              for ci, per_group in enumerate(per_point)] for per_point in sums]
+    cluster_grads = None
+    if assign is not None:  # an empty group (rare: k-means ties) imitates its whole class
+        cluster_grads = [[[[(g / counts[ci, j]).to(wdtype[i]) if counts[ci, j] > 0 else grads[k][ci][i]
+                            for i, g in enumerate(per_group[j])] for j in range(groups)]
+                          for ci, per_group in enumerate(per_point)] for k, per_point in enumerate(sums)]
     real = {c: torch.stack([x for _, x in pool]) for c, pool in pools.items()}
-    return ClassGradients(classes, list(names), points, grads, counts.cpu().long(), num_outputs,
-                          input_shape, dtype, real)
+    return ClassGradients(classes, list(names), points, grads, per_class.cpu().long(), num_outputs,
+                          input_shape, dtype, real, tuple(point_names), trajectory_given,
+                          cluster_grads, counts.cpu().long() if assign is not None else None)
 
 
 def _validate_classes(classes: Sequence[int], num_outputs: int) -> None:
     if len(classes) == 0:
-        raise ValueError("classes must name at least one class")
+        raise InvalidArgumentError("classes must name at least one class")
     for c in classes:
         if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_outputs:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"classes must hold integer class ids in [0, {num_outputs}) (the model's "
                 f"outputs), got {c!r}"
             )
     if len(set(classes)) != len(classes):
-        raise ValueError(f"classes must not repeat a class id, got {list(classes)}")
+        raise InvalidArgumentError(f"classes must not repeat a class id, got {list(classes)}")
+
+
+def _leaves(nested) -> List[Tensor]:
+    if isinstance(nested, Tensor):
+        return [nested]
+    return [t for item in nested for t in _leaves(item)]
 
 
 def _all_reduce(sums, counts: Tensor) -> None:
     """Sum every gradient sum and the counts over processes in one call."""
-    flat = torch.cat([counts] + [acc.flatten() for per_point in sums for per_class in per_point
-                                 for acc in per_class])
+    tensors = [counts] + _leaves(sums)
+    flat = torch.cat([t.flatten() for t in tensors])
     torch.distributed.all_reduce(flat)
-    counts.copy_(flat[: counts.numel()])
-    offset = counts.numel()
-    for per_point in sums:
-        for per_class in per_point:
-            for acc in per_class:
-                acc.copy_(flat[offset: offset + acc.numel()].view_as(acc))
-                offset += acc.numel()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset: offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def stream_class_features(model: nn.Module, data, classes: Sequence[int], features: Callable[[Tensor], Tensor],
+                          batch_size: int, dtype: torch.dtype, device) -> Dict[int, Tensor]:
+    """``{class: [m, D]}`` features of every example of each class, in the
+    order of the whole dataset (gathered across processes by global index)."""
+    loader, index = make_loader(data, batch_size)
+    found: Dict[int, List[Tensor]] = {c: [] for c in classes}
+    where: Dict[int, List[Tensor]] = {c: [] for c in classes}
+    seen = 0
+    for batch in loader:
+        x, y = split_batch(batch, seen)
+        x, y = x.to(device=device, dtype=dtype), y.to(device)
+        f = features(x).cpu()
+        position = (index[seen:seen + len(y)] if index is not None else torch.arange(seen, seen + len(y)))
+        for c in classes:
+            sel = (y == c).cpu()
+            found[c].append(f[sel])
+            where[c].append(position[sel])
+        seen += len(y)
+    out = {c: (torch.cat(where[c]), torch.cat(found[c])) for c in classes}
+    rank, world = _rank_world()
+    if world > 1:
+        gathered: List[Optional[Dict]] = [None] * world
+        torch.distributed.all_gather_object(gathered, out)
+        out = {c: (torch.cat([part[c][0] + (0 if index is not None else r * 10**12) for r, part in enumerate(gathered)]),
+                   torch.cat([part[c][1] for part in gathered])) for c in classes}
+    return {c: f[torch.argsort(pos)] for c, (pos, f) in out.items()}
 
 
 def _gather_pools(pools: Dict[int, List], m: int) -> Dict[int, List]:

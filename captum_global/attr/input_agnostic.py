@@ -1,8 +1,9 @@
 """Input-agnostic saliency: what a classifier attributes to a class, with no input image.
 
-Reconstruction (the paper's full text was not available; see
-``docs/input_agnostic.md``) of Akhtar & Jalwana, "Rethinking Interpretation:
-Input-Agnostic Saliency Mapping of Deep Visual Classifiers", AAAI 2023.
+Reconstruction of Akhtar & Jalwana, "Rethinking Interpretation: Input-Agnostic
+Saliency Mapping of Deep Visual Classifiers", AAAI 2023 (the paper's full text
+was not available; the documentation's "Input-agnostic saliency" page says what
+is taken from the paper and what is ours).
 """
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -15,13 +16,14 @@ from torch import Tensor
 from captum_global._checks import (
     check_bool,
     check_choice,
+    check_inputs,
     check_int,
     check_model_output,
     check_number,
     check_tensor,
     check_value_range,
 )
-from captum_global._compat import format_additional_forward_args, format_inputs, format_output, is_tuple
+from captum_global._compat import format_additional_forward_args, format_output, is_tuple
 from captum_global._model_state import preserved_model_state
 from captum_global._seeding import check_seed, make_generator
 from captum_global._targets import parse_target
@@ -207,9 +209,16 @@ class InputAgnosticSaliency(GradientAttribution):
             (torch.Size([2, 3, 16, 16]), True)
         """
         was_tuple = is_tuple(inputs)
-        inputs_t = tuple(check_tensor(x, "inputs", floating=True, finite=False) for x in format_inputs(inputs))
+        inputs_t = check_inputs(inputs, floating=True, finite=False)
         settings = _check_settings(inputs_t, samples_per_step, n_steps, step_size, norm, radius, betas, eps,
                                    value_range, refine, smooth_sigma, suppress, scale)
+        if isinstance(settings["refine"], str) and settings["refine"] == "smooth":
+            for i, x in enumerate(inputs_t):
+                if x.dim() != 4:
+                    name = "inputs" if len(inputs_t) == 1 else f"inputs[{i}]"
+                    raise InvalidArgumentError(
+                        f"{name} must be an image batch [N, C, H, W] for refine='smooth' (the default), got shape "
+                        f"{tuple(x.shape)}; pass refine='none' or a callable for other inputs")
         check_bool(return_perturbation, "return_perturbation")
         check_bool(show_progress, "show_progress")
         seed = check_seed(seed)

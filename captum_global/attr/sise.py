@@ -29,8 +29,8 @@ from captum._utils.typing import BaselineType, TargetType
 from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 
-from captum_global._checks import check_bool, check_choice, check_int, check_module, check_number, check_tensor
-from captum_global._compat import format_additional_forward_args, format_inputs, format_output, is_tuple
+from captum_global._checks import check_bool, check_choice, check_inputs, check_int, check_module, check_number, check_tensor
+from captum_global._compat import format_additional_forward_args, format_output, is_tuple
 from captum_global._model_state import find_module, preserved_model_state
 from captum_global._scoring import index_additional_args
 from captum_global._targets import parse_target
@@ -121,7 +121,7 @@ class SISE(PerturbationAttribution):
         """
         if self.layer_names is not None:
             return list(self.layer_names)
-        xs = _input_tuple(inputs)
+        xs = check_inputs(inputs, floating=False, finite=False)
         n = xs[0].shape[0] if isinstance(xs[0], Tensor) and xs[0].dim() > 0 else 1
         probe = tuple(x[:1] if isinstance(x, Tensor) else x for x in xs)
         probe_args = index_additional_args(format_additional_forward_args(additional_forward_args),
@@ -224,7 +224,7 @@ class SISE(PerturbationAttribution):
             {'1': (1, 1, 32, 32), '4': (1, 1, 32, 32)}
         """
         was_tuple = is_tuple(inputs)
-        xs = _check_inputs(_input_tuple(inputs))
+        xs = _check_inputs(inputs)
         n = xs[0].shape[0]
         bases = _check_baselines(baselines, xs)
         args = format_additional_forward_args(additional_forward_args)
@@ -267,30 +267,15 @@ def _resolve_layer(model: nn.Module, eager: nn.Module, layer: Union[nn.Module, s
     return find_module(eager, layer, "layers")
 
 
-def _input_tuple(inputs: Any) -> Tuple[Any, ...]:
-    # Captum's formatter asserts on anything else; say which argument is wrong
-    if not isinstance(inputs, (Tensor, tuple)):
-        raise InvalidArgumentTypeError(
-            f"inputs must be a tensor [N, C, H, W] or a tuple of them, got {type(inputs).__name__}"
-        )
-    return format_inputs(inputs)
-
-
-def _check_inputs(xs: Tuple[Any, ...]) -> Tuple[Tensor, ...]:
-    checked = []
-    for i, x in enumerate(xs):
-        name = "inputs" if len(xs) == 1 else f"inputs[{i}]"
-        x = check_tensor(x, name, floating=True)
-        if x.dim() != 4:
-            raise InvalidArgumentError(f"{name} must be an image batch [N, C, H, W], got shape {tuple(x.shape)}")
-        first = checked[0] if checked else x
-        if x.shape[0] != first.shape[0] or x.shape[-2:] != first.shape[-2:]:
+def _check_inputs(inputs: Any) -> Tuple[Tensor, ...]:
+    xs = check_inputs(inputs, image_batch=True, floating=True)
+    for i, x in enumerate(xs[1:], start=1):
+        if x.shape[0] != xs[0].shape[0] or x.shape[-2:] != xs[0].shape[-2:]:
             raise InvalidArgumentError(
-                f"inputs in a tuple must share N, H and W (one mask covers all); {name} has shape "
-                f"{tuple(x.shape)} against {tuple(first.shape)}"
+                f"inputs in a tuple must share N, H and W (one mask covers all); inputs[{i}] has shape "
+                f"{tuple(x.shape)} against {tuple(xs[0].shape)}"
             )
-        checked.append(x)
-    return tuple(checked)
+    return xs
 
 
 def _check_baselines(baselines: BaselineType, xs: Tuple[Tensor, ...]) -> Tuple[Union[Tensor, float], ...]:

@@ -6,10 +6,13 @@ on the planted trigger; across classes, a statistic computed per class
 Cleanse) singles out the attacked class as an outlier.
 """
 import math
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from captum_global._checks import check_choice, check_number
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.metrics._checks import TensorOrTuple, check_finite
 from captum_global.metrics.localization import energy_pointing_game
 
@@ -46,14 +49,10 @@ def trigger_energy_share(
         >>> trigger_energy_share(attr, trigger)
         tensor([1.0000, 0.5000])
     """
-    if not isinstance(trigger_mask, Tensor):
-        raise TypeError(f"trigger_mask must be a torch.Tensor, got {type(trigger_mask).__name__}")
-    if trigger_mask.dim() == 2:
-        attr = attributions[0] if isinstance(attributions, tuple) and len(attributions) == 1 else attributions
-        trigger_mask = trigger_mask.unsqueeze(0).expand(attr.shape[0], -1, -1)
-    elif trigger_mask.dim() != 3:
-        raise ValueError(f"trigger_mask must have shape [H, W] or [N, H, W], got {tuple(trigger_mask.shape)}")
-    return energy_pointing_game(attributions, trigger_mask, sign=sign, normalize=normalize)
+    attr = attributions[0] if isinstance(attributions, tuple) and len(attributions) == 1 else attributions
+    count = attr.shape[0] if isinstance(attr, Tensor) and attr.dim() > 0 else 0
+    region = _trigger_region(trigger_mask, count)
+    return energy_pointing_game(attributions, region, sign=sign, normalize=normalize)
 
 
 def trigger_iou(attributions: TensorOrTuple, trigger_mask: Tensor) -> Tensor:
@@ -84,32 +83,49 @@ def trigger_iou(attributions: TensorOrTuple, trigger_mask: Tensor) -> Tensor:
     """
     if isinstance(attributions, tuple):
         if len(attributions) != 1:
-            raise ValueError(f"attributions must be one tensor or a 1-tuple, got a {len(attributions)}-tuple")
+            raise InvalidArgumentError(
+                f"attributions must be one tensor or a 1-tuple, got a {len(attributions)}-tuple")
         attributions = attributions[0]
-    if not isinstance(trigger_mask, Tensor):
-        raise TypeError(f"trigger_mask must be a torch.Tensor, got {type(trigger_mask).__name__}")
+    if not isinstance(attributions, Tensor):
+        raise InvalidArgumentTypeError(f"attributions must be a torch.Tensor, got {type(attributions).__name__}")
     maps = attributions.abs().sum(1) if attributions.dim() == 4 else attributions.abs()
     if maps.dim() != 3:
-        raise ValueError(f"attributions must have shape [N, C, H, W] or [N, H, W], got {tuple(attributions.shape)}")
+        raise InvalidArgumentError(
+            f"attributions must have shape [N, C, H, W] or [N, H, W], got {tuple(attributions.shape)}")
     check_finite(maps, "attributions")
-    region = trigger_mask.bool().to(maps.device)
-    if region.dim() == 2:
-        region = region.unsqueeze(0).expand(maps.shape[0], -1, -1)
-    if region.shape != maps.shape:
-        raise ValueError(f"trigger_mask must have shape {tuple(maps.shape[1:])} or {tuple(maps.shape)}, "
-                         f"got {tuple(trigger_mask.shape)}")
+    region = _trigger_region(trigger_mask, maps.shape[0], tuple(maps.shape[1:])).to(maps.device)
     flat, inside = maps.flatten(1).float(), region.flatten(1)
     area = inside.sum(1)
     iou = torch.zeros(maps.shape[0])
     for i in range(maps.shape[0]):
         k = int(area[i])
-        if k == 0:
-            raise ValueError(f"trigger_mask of example {i} marks no pixel")
         # stable sort: ties keep raster order
         top = torch.sort(flat[i], descending=True, stable=True).indices[:k]
         p = inside[i, top].float().mean()
         iou[i] = p / (2 - p)
     return iou
+
+
+def _trigger_region(trigger_mask: Tensor, count: int, size: Optional[Tuple[int, int]] = None) -> Tensor:
+    """``trigger_mask`` as bool ``[count, H, W]``; ``[H, W]`` is shared by the batch; never empty.
+
+    ``size``, when given, is the resolution the region must have (the maps').
+    """
+    if not isinstance(trigger_mask, Tensor):
+        raise InvalidArgumentTypeError(f"trigger_mask must be a torch.Tensor, got {type(trigger_mask).__name__}")
+    if trigger_mask.dim() not in (2, 3) or (trigger_mask.dim() == 3 and trigger_mask.shape[0] != count) or (
+            size is not None and tuple(trigger_mask.shape[-2:]) != tuple(size)):
+        expected = "[H, W] or [N, H, W]" if size is None else f"{tuple(size)} or {(count,) + tuple(size)}"
+        raise InvalidArgumentError(f"trigger_mask must have shape {expected} for {count} maps, "
+                                   f"got {tuple(trigger_mask.shape)}")
+    region = trigger_mask.bool()
+    if region.dim() == 2:
+        region = region.unsqueeze(0).expand(count, -1, -1)
+    empty = (region.flatten(1).sum(1) == 0).nonzero().flatten()
+    if empty.numel():
+        raise InvalidArgumentError(f"trigger_mask marks no pixel (example {int(empty[0])}): a trigger region "
+                                   "must hold at least one pixel")
+    return region
 
 
 def mad_anomaly_index(values: Tensor, leave_one_out: bool = False, min_scale: float = 0.0) -> Tensor:
@@ -155,14 +171,13 @@ def mad_anomaly_index(values: Tensor, leave_one_out: bool = False, min_scale: fl
         4.3
     """
     if not isinstance(values, Tensor):
-        raise TypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
+        raise InvalidArgumentTypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
     minimum = 3 if leave_one_out else 2
     if values.dim() == 0 or values.shape[-1] < minimum:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"values must hold at least {minimum} entries along the last dimension, got {tuple(values.shape)}"
         )
-    if isinstance(min_scale, bool) or not isinstance(min_scale, (int, float)) or not 0 <= min_scale < math.inf:
-        raise ValueError(f"min_scale must be a finite number >= 0, got {min_scale!r}")
+    min_scale = check_number(min_scale, "min_scale", minimum=0.0)
     values = values.double() if values.dtype == torch.float64 else values.float()
     check_finite(values, "values")
     if not leave_one_out:
@@ -210,8 +225,8 @@ def flag_anomalies(values: Tensor, threshold: float = 2.0, direction: str = "hig
         >>> flag_anomalies(torch.tensor([30.0, 28.0, 3.0, 31.0, 29.0]), direction="low")
         tensor([False, False,  True, False, False])
     """
-    if direction not in ("high", "low", "both"):
-        raise ValueError(f"direction must be 'high', 'low' or 'both', got {direction!r}")
+    threshold = check_number(threshold, "threshold", minimum=0.0)
+    direction = check_choice(direction, "direction", ("high", "low", "both"))
     index = mad_anomaly_index(values, min_scale=min_scale)
     median = values.float().quantile(0.5, dim=-1, keepdim=True)
     side = {"high": values > median, "low": values < median, "both": values != median}[direction]
