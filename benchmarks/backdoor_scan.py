@@ -17,6 +17,7 @@ input-agnostic scan to Neural Cleanse measured in the same run.
     python -m benchmarks.backdoor_scan --models vgg_patch,vgg_clean
     python -m benchmarks.backdoor_scan --models a,b --out /tmp/part1    # parts run side by side ...
     python -m benchmarks.backdoor_scan --merge /tmp/part1.json,/tmp/part2.json   # ... then combined
+    python -m benchmarks.backdoor_scan --nc-from benchmarks/results/backdoor_scan.json  # reuse stored NC results
 
 Writes benchmarks/results/backdoor_scan.{md,json} (``--out`` to change),
 rewriting them after every model so a long run can be followed.
@@ -40,16 +41,20 @@ CLEAN_SEED = 20_261_125     # a split of the reference world no zoo model was tr
 LOCAL_KINDS = ("patch", "blended")
 
 
-def run_model(entry, clean: torch.Tensor, seed: int, scan_options: Dict, nc_options: Dict) -> Dict:
+def run_model(entry, clean: torch.Tensor, seed: int, scan_options: Dict, nc_options: Dict,
+              nc_row: Dict = None) -> Dict:
     model = entry.load()
     local = entry.trigger is not None and entry.kind in LOCAL_KINDS
     region = entry.trigger.mask(*clean.shape[-2:]) if local else None
     row = {"name": entry.name, "arch": entry.arch, "kind": entry.kind, "target": entry.target_class,
            "trigger": entry.trigger.describe() if entry.trigger is not None else None}
-    for label, run in (("neural_cleanse", lambda: neural_cleanse(model, clean, trigger_mask=region, seed=seed,
-                                                                  **nc_options)),
-                       ("ours", lambda: scan_for_backdoor(model, clean[:1], clean_inputs=clean, trigger_mask=region,
-                                                          seed=seed, **scan_options))):
+    runs = (("neural_cleanse", lambda: neural_cleanse(model, clean, trigger_mask=region, seed=seed, **nc_options)),
+            ("ours", lambda: scan_for_backdoor(model, clean[:1], clean_inputs=clean, trigger_mask=region,
+                                               seed=seed, **scan_options)))
+    if nc_row is not None:      # Neural Cleanse's stored result for this model (same images, seed, settings)
+        row["neural_cleanse"] = nc_row
+        runs = runs[1:]
+    for label, run in runs:
         start = time.perf_counter()
         scan = run()
         result = scan.as_dict()
@@ -135,6 +140,10 @@ def markdown(rows: List[Dict], summary: Dict, command: str, clean_size: int) -> 
     lines = ["# Backdoor scans on the reference zoo: input-agnostic scan vs Neural Cleanse", "",
              f"Command: `{command}`; torch {torch.__version__}, one thread; {clean_size} clean images "
              f"(reference-world split seed {CLEAN_SEED}) for both scans; default settings of both; seed 0.", ""]
+    if "--nc-from" in command:
+        lines += ["Neural Cleanse's rows are reused from an earlier run (`--nc-from`): its wall times come from "
+                  "that run, so the wall-time ratios compare different runs; the ratio of model evaluations "
+                  "does not depend on the run.", ""]
     if summary:
         lines += ["| | input-agnostic scan | Neural Cleanse |", "| --- | --- | --- |"]
         ours, nc = summary["ours"], summary["neural_cleanse"]
@@ -201,6 +210,10 @@ def main(argv=None):
     parser.add_argument("--merge", default="",
                         help="comma-separated result JSONs of runs over parts of the zoo (same settings): "
                              "combine their rows into --out, in zoo order, without running anything")
+    parser.add_argument("--nc-from", default="",
+                        help="a result JSON of an earlier run (same clean images, seed and Neural Cleanse settings): "
+                             "reuse its Neural Cleanse rows instead of running Neural Cleanse again (it is seeded "
+                             "and deterministic on one thread); wall-time ratios then compare different runs")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of models already in the output JSON (same settings) and run the rest")
     args = parser.parse_args(argv)
@@ -217,6 +230,12 @@ def main(argv=None):
     done = {}
     if args.resume and out.with_suffix(".json").exists():
         done = {r["name"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    stored_nc = {}
+    if args.nc_from:
+        stored_nc = {r["name"]: r["neural_cleanse"] for r in json.loads(Path(args.nc_from).read_text())["rows"]}
+        missing = [n for n in names if n not in stored_nc]
+        if missing:
+            parser.error(f"--nc-from has no Neural Cleanse result for {missing}")
     rows = []
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge.split(",")]
@@ -228,7 +247,8 @@ def main(argv=None):
         if name in done:
             rows.append(done[name])
             continue
-        rows.append(run_model(zoo[name], clean, args.seed, json.loads(args.scan_options), json.loads(args.nc_options)))
+        rows.append(run_model(zoo[name], clean, args.seed, json.loads(args.scan_options), json.loads(args.nc_options),
+                              stored_nc.get(name)))
         r = rows[-1]
         print(f"{name}: ours {verdict(r, 'ours')} NC {verdict(r, 'neural_cleanse')} "
               f"({r['ours']['wall_seconds']:.0f} s vs {r['neural_cleanse']['wall_seconds']:.0f} s)", flush=True)

@@ -133,6 +133,43 @@ def test_scans_are_seeded_and_leave_the_model_alone(clean):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_per_image_statistic_by_hand(clean):
+    opts = dict(n_steps=4, check_every=2, batch_size=4, per_image=3, per_image_steps=4, cells=SIZE)
+    scan = scan_for_backdoor(PlantedBackdoor(), clean[:1], clean_inputs=clean[:12], seed=0, **opts)
+    stats = scan.statistics
+    assert set(stats) == {"mask_l1", "per_image_l1", "relative_l1"}
+    assert torch.allclose(stats["relative_l1"], stats["mask_l1"] / stats["per_image_l1"])
+    # the decision is the low-side MAD index of the log relative cost, scale floored at noise_floor
+    logs = stats["relative_l1"].double().log()
+    index = mad_anomaly_index(logs, min_scale=0.1).float()
+    assert torch.allclose(scan.anomaly_index, torch.where(logs < logs.quantile(0.5), index, torch.zeros_like(index)))
+    # 4 steps x 4 classes x 4 inputs (shared stamps) + 4 steps x 4 classes x 3 images (one stamp each)
+    # + 3 clean predictions + 4 classes x 12 inputs (attack success)
+    assert scan.num_evaluations == 4 * 4 * 4 + 4 * 4 * 3 + 3 + 4 * 12
+    plain = scan_for_backdoor(PlantedBackdoor(), clean[:1], clean_inputs=clean[:12], seed=0, **dict(opts, per_image=0))
+    assert set(plain.statistics) == {"mask_l1"} and plain.num_evaluations == 4 * 4 * 4 + 4 * 12
+
+
+class AlwaysClassZero(nn.Module):
+    """Class 0 wins by 5 logits; the others follow the channel means (at most 1): never reachable."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return torch.cat([torch.full((x.shape[0], 1), 5.0), self.weight * x.mean(dim=(2, 3))], dim=1)
+
+
+def test_per_image_cost_leaves_out_the_class_own_images(clean):
+    # Every image is class 0 already, so no image is left to measure class 0's per-image cost on,
+    # and classes 1-3 are never reached: all get the image area (16 x 16).
+    scan = scan_for_backdoor(AlwaysClassZero(), clean[:1], clean_inputs=clean[:8], seed=0,
+                             n_steps=4, check_every=2, batch_size=4, per_image=3, per_image_steps=4)
+    assert scan.statistics["per_image_l1"].tolist() == [256.0] * 4
+    assert scan.statistics["mask_l1"][1:].tolist() == [256.0] * 3
+
+
 # ---------------------------------------------------------------- argument errors
 
 
@@ -161,9 +198,15 @@ BAD = [
     (dict(attack_success=1.5), InvalidArgumentError, "attack_success"),
     (dict(steps=3), TypeError, "unknown option"),
 ]
+SCAN_ONLY = [
+    (dict(per_image=-1), InvalidArgumentError, "per_image"),
+    (dict(per_image=2.5), TypeError, "per_image"),
+    (dict(per_image_steps=0), InvalidArgumentError, "per_image_steps"),
+    (dict(noise_floor=-0.1), InvalidArgumentError, "noise_floor"),
+]
 
 
-@pytest.mark.parametrize("kwargs,error,match", BAD)
+@pytest.mark.parametrize("kwargs,error,match", BAD + SCAN_ONLY)
 def test_scan_argument_errors(clean, kwargs, error, match):
     with pytest.raises(error, match=match):
         scan_for_backdoor(tiny_model(), clean[:1], clean_inputs=clean[:8], **dict(dict(n_steps=1), **kwargs))

@@ -67,18 +67,30 @@ def reverse_triggers(
     device: torch.device,
     dtype: torch.dtype,
     progress: Optional[Callable[[], None]] = None,
+    per_image: Optional[Tensor] = None,
 ) -> ReverseResult:
-    """Optimise every class's stamp; ``batches(epoch)`` lists that epoch's input batches."""
+    """Optimise every class's stamp; ``batches(epoch)`` lists that epoch's input batches.
+
+    With ``per_image`` (``[M, C, H, W]``) every class gets one stamp *per
+    image* instead (rows ``class x image``, class-major), each judged on its
+    own image only: the cost of reaching the class without a shared
+    trigger. ``batches`` then only sets the number of steps per round.
+    """
     k = len(classes)
     c, h, w = shape
     gh, gw = math.ceil(h / cell), math.ceil(w / cell)
     lo, hi = value_range
-    mask_free = to_free(torch.rand(k, 1, gh, gw, generator=generator) * 0.98 + 0.01).to(device, dtype)
-    pattern_free = to_free(torch.rand(k, c, h, w, generator=generator) * 0.98 + 0.01).to(device, dtype)
+    rows = k if per_image is None else k * per_image.shape[0]
+    mask_free = to_free(torch.rand(rows, 1, gh, gw, generator=generator) * 0.98 + 0.01).to(device, dtype)
+    pattern_free = to_free(torch.rand(rows, c, h, w, generator=generator) * 0.98 + 0.01).to(device, dtype)
     mask_free.requires_grad_(True)
     pattern_free.requires_grad_(True)
     optimiser = torch.optim.Adam([mask_free, pattern_free], lr=lr, betas=(0.5, 0.9))
     labels_all = torch.tensor(list(classes), device=device)
+    if per_image is not None:
+        labels_all = labels_all.repeat_interleave(per_image.shape[0])
+        tiled = per_image.repeat(k, 1, 1, 1)
+    k = rows
 
     cost = torch.zeros(k, dtype=torch.float64)
     cost_set = torch.zeros(k, dtype=torch.long)
@@ -100,11 +112,15 @@ def reverse_triggers(
         hits = torch.zeros(k)
         seen, l1_sum, n_batches = 0, torch.zeros(k, dtype=torch.float64), 0
         for x in batches(epoch):
-            b = x.shape[0]
+            b = x.shape[0] if per_image is None else 1
             labels = labels_all.repeat_interleave(b)
             with torch.enable_grad():
                 mask, pattern = current()
-                logits = model(stamp(x, mask, pattern).reshape(k * b, c, h, w))
+                if per_image is None:
+                    stamped = stamp(x, mask, pattern).reshape(k * b, c, h, w)
+                else:
+                    stamped = (1 - mask) * tiled + mask * pattern
+                logits = model(stamped)
                 check_finite_output(logits.detach(), "scan_for_backdoor", f"epoch {epoch}")
                 ce = F.cross_entropy(logits, labels, reduction="none").view(k, b).mean(1)
                 l1 = mask.flatten(1).sum(1)
