@@ -29,7 +29,15 @@ from captum._utils.typing import BaselineType, TargetType
 from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 
-from captum_global._checks import check_bool, check_choice, check_inputs, check_int, check_module, check_number, check_tensor
+from captum_global._checks import (
+    check_bool,
+    check_choice,
+    check_inputs,
+    check_int,
+    check_module,
+    check_number,
+    check_tensor,
+)
 from captum_global._compat import format_additional_forward_args, format_output, is_tuple
 from captum_global._model_state import find_module, preserved_model_state
 from captum_global._scoring import index_additional_args
@@ -121,9 +129,9 @@ class SISE(PerturbationAttribution):
         """
         if self.layer_names is not None:
             return list(self.layer_names)
-        xs = check_inputs(inputs, floating=False, finite=False)
-        n = xs[0].shape[0] if isinstance(xs[0], Tensor) and xs[0].dim() > 0 else 1
-        probe = tuple(x[:1] if isinstance(x, Tensor) else x for x in xs)
+        xs = check_inputs(inputs, finite=False)
+        n = xs[0].shape[0]
+        probe = tuple(x[:1] for x in xs)
         probe_args = index_additional_args(format_additional_forward_args(additional_forward_args),
                                            torch.zeros(1, dtype=torch.long), n)
         names = select_sise_layers(eager_module(self.forward_func), probe, probe_args)
