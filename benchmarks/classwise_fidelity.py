@@ -173,7 +173,7 @@ def main(argv=None) -> None:
                 title=f"{entry.name}: {n} synthetic image(s) per class ({show.mode} matching along "
                       f"{len(show.trajectory)} {'fresh initialisations' if fresh is not None else 'checkpoints'}, "
                       "from noise; contrast stretched), then real examples")
-            suffix = "_random_init" if fresh is not None else ""
+            suffix = f"_random_init_{args.iterations}" if fresh is not None else ""
             viz.save(figure, common.FIGURES / f"classwise_{arch}_{n}{suffix}.png")
     seconds = time.perf_counter() - start
     common.write(args.out, "Class-wise synthesis: fidelity on the clean reference models",
@@ -188,7 +188,11 @@ def table(rows: List[Dict], args) -> List[str]:
              "matched); the trajectory distance (mean over starts; 1 = no closer than staying at the start) of "
              "a random real subset is that of a student trained on it. Fresh models: random initialisation, augmented views, "
              f"{args.train_steps} steps, mean over {args.train_seeds} seeds; and the trajectory's initialisation, "
-             f"no augmentation, {args.replay_steps} steps (the reference training's optimiser).", "",
+             f"no augmentation, {args.replay_steps} steps (the reference training's optimiser)."
+             + (f" Here `gradient` matched over {args.iterations} fresh initialisations instead of the trajectory "
+                "(`--checkpoints random-init`): its distances are summed over those, not comparable with the "
+                "random real subsets' (summed over the trajectory's checkpoints)."
+                if getattr(args, "checkpoints", "trajectory") == "random-init" else ""), "",
              "| arch | n/class | set | agreement | conf. mean (min) | distance start -> end | trajectory distance "
              "start -> end | fresh model, random init | fresh model, trajectory's init | s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
