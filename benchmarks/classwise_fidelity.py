@@ -18,6 +18,13 @@ parametrisation and random shifts and flips. For each set:
   initialisation trained with the reference training's optimiser without
   augmentation (does the set replay the training run?). Chance is 0.20.
 
+``--checkpoints random-init`` replaces the trajectory, for the runs that
+match along it, by ``--iterations`` freshly initialised models of the
+architecture (seeded; one drawn per iteration with
+``--checkpoints-per-iteration 1``), as in dataset condensation (Zhao et
+al., ICLR 2021): the set is matched over many initialisations instead of
+one training run. Evaluation and baselines are unchanged.
+
 Writes ``benchmarks/results/classwise_fidelity.{md,json}`` and a figure per
 architecture under ``docs/figures/``. Run::
 
@@ -33,13 +40,26 @@ import torch
 
 from captum_global import viz
 from captum_global.attr import ClassWiseSynthesis
-from captum_global.world import CLASS_NAMES, make_dataset, zoo_entry
+from captum_global.world import CLASS_NAMES, build_model, make_dataset, zoo_entry
 
 from benchmarks import classwise_common as common
 
 # run name -> (mode, along the trajectory, match)
 RUNS = {"final": ("gradient", False, "class"), "gradient": ("gradient", True, "class"),
         "clusters": ("gradient", True, "clusters"), "trajectory": ("trajectory", True, "class")}
+
+
+def fresh_initialisations(arch: str, count: int, seed: int):
+    """A callable for ``checkpoints=``: yields ``count`` freshly initialised
+    models of ``arch``, the k-th drawn from seed ``seed + k`` (the caller's
+    global RNG is left as found)."""
+    def models():
+        for k in range(count):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed + k)
+                model = build_model(arch)
+            yield model
+    return models
 
 
 def condensation(arch: str, sets: Dict[str, torch.Tensor], classes, test, args, init) -> Dict[str, Dict]:
@@ -65,6 +85,9 @@ def main(argv=None) -> None:
     parser.add_argument("--ipc", nargs="+", type=int, default=[1, 10])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--checkpoints", default="trajectory", choices=["trajectory", "random-init"],
+                        help="what runs along the trajectory match along: the zoo model's trajectory, or "
+                             "--iterations fresh initialisations of the architecture")
     parser.add_argument("--checkpoints-per-iteration", type=int, default=1)
     parser.add_argument("--student-steps", type=int, default=5)
     parser.add_argument("--student-batch", type=int, default=25)
@@ -90,6 +113,11 @@ def main(argv=None) -> None:
         targets = {along: method.real_class_gradients(data, checkpoints=trajectory if along else None,
                                                       real_examples=max(args.ipc + [3]), batch_size=250)
                    for along in sorted({RUNS[r][1] for r in args.runs})}
+        fresh = None
+        if args.checkpoints == "random-init":
+            fresh = method.real_class_gradients(
+                data, checkpoints=fresh_initialisations(arch, args.iterations, args.seed * 1000),
+                real_examples=max(args.ipc + [3]), batch_size=250)
         for n in args.ipc:
             sets, per_run = {}, {}
             for run in args.runs:
@@ -97,7 +125,7 @@ def main(argv=None) -> None:
                 if match == "clusters" and n == 1:
                     continue  # one group per class is the class itself
                 t0 = time.perf_counter()
-                source = targets[along]
+                source = fresh if along and fresh is not None else targets[along]
                 if match == "clusters":
                     source = method.real_class_gradients(data, checkpoints=trajectory, real_examples=3,
                                                          batch_size=250, clusters=n)
@@ -110,6 +138,7 @@ def main(argv=None) -> None:
                 along_d = method.matching_distance(r.images, targets[True], per_checkpoint=True) if True in targets else None
                 sets[run], per_run[run] = r.images, r
                 rows.append(dict(arch=arch, images_per_class=n, run=run, mode=mode, seconds=round(seconds, 1),
+                                 checkpoints=args.checkpoints if along else "final",
                                  agreement=float((r.predictions == own).float().mean()),
                                  confidence_mean=float(r.confidence.mean()), confidence_min=float(r.confidence.min()),
                                  distance_initial=[float(v) for v in r.initial_distances.sum(1)],
@@ -142,8 +171,10 @@ def main(argv=None) -> None:
                 show.images, list(CLASS_NAMES), real_examples=torch.stack([show.real_examples[c] for c in classes]),
                 confidence=show.confidence, stretch=True,
                 title=f"{entry.name}: {n} synthetic image(s) per class ({show.mode} matching along "
-                      f"{len(show.trajectory)} checkpoints, from noise; contrast stretched), then real examples")
-            viz.save(figure, common.FIGURES / f"classwise_{arch}_{n}.png")
+                      f"{len(show.trajectory)} {'fresh initialisations' if fresh is not None else 'checkpoints'}, "
+                      "from noise; contrast stretched), then real examples")
+            suffix = f"_random_init_{args.iterations}" if fresh is not None else ""
+            viz.save(figure, common.FIGURES / f"classwise_{arch}_{n}{suffix}.png")
     seconds = time.perf_counter() - start
     common.write(args.out, "Class-wise synthesis: fidelity on the clean reference models",
                  common.command_line("classwise_fidelity", args), seconds, table(rows, args), dict(args=vars(args), rows=rows))
@@ -157,7 +188,11 @@ def table(rows: List[Dict], args) -> List[str]:
              "matched); the trajectory distance (mean over starts; 1 = no closer than staying at the start) of "
              "a random real subset is that of a student trained on it. Fresh models: random initialisation, augmented views, "
              f"{args.train_steps} steps, mean over {args.train_seeds} seeds; and the trajectory's initialisation, "
-             f"no augmentation, {args.replay_steps} steps (the reference training's optimiser).", "",
+             f"no augmentation, {args.replay_steps} steps (the reference training's optimiser)."
+             + (f" Here `gradient` matched over {args.iterations} fresh initialisations instead of the trajectory "
+                "(`--checkpoints random-init`): its distances are summed over those, not comparable with the "
+                "random real subsets' (summed over the trajectory's checkpoints)."
+                if getattr(args, "checkpoints", "trajectory") == "random-init" else ""), "",
              "| arch | n/class | set | agreement | conf. mean (min) | distance start -> end | trajectory distance "
              "start -> end | fresh model, random init | fresh model, trajectory's init | s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
