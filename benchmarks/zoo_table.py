@@ -13,8 +13,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from captum_global.world import (
     CLASS_NAMES,
     WorldConfig,

@@ -19,12 +19,17 @@ __all__ = ["preserved_model_state", "HookBag", "find_module"]
 
 
 @contextmanager
-def preserved_model_state(forward_func: Callable, eval_mode: bool = True) -> Iterator[None]:
+def preserved_model_state(
+    forward_func: Callable, eval_mode: bool = True, freeze_parameters: bool = False
+) -> Iterator[None]:
     """Run the body with ``forward_func`` in eval mode, then restore its flags.
 
     ``forward_func`` may be any callable; only ``nn.Module`` instances have
-    state to protect. Restores every submodule's ``training`` flag and every
-    parameter's ``requires_grad`` flag on exit, error or not.
+    state to protect. With ``freeze_parameters`` the body runs with every
+    parameter's ``requires_grad`` off (for methods that differentiate only
+    with respect to their own inputs). Restores every submodule's
+    ``training`` flag and every parameter's ``requires_grad`` flag on exit,
+    error or not.
     """
     if not isinstance(forward_func, nn.Module):
         yield
@@ -36,6 +41,9 @@ def preserved_model_state(forward_func: Callable, eval_mode: bool = True) -> Ite
     try:
         if eval_mode:
             forward_func.eval()
+        if freeze_parameters:
+            for p in params:
+                p.requires_grad_(False)
         yield
     finally:
         for m, flag in zip(modules, training):

@@ -1,12 +1,11 @@
 """Backdoor scans: the input-agnostic scan and Neural Cleanse, on planted and shipped backdoors."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from captum_global.backdoor import BackdoorScan, NeuralCleanse, neural_cleanse, scan_for_backdoor
+from captum_global.backdoor import BackdoorScan, neural_cleanse, scan_for_backdoor
 from captum_global.errors import InvalidArgumentError, NonFiniteOutputError
 from captum_global.metrics import flag_anomalies, mad_anomaly_index, trigger_energy_share, trigger_iou
 

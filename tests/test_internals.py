@@ -138,3 +138,15 @@ def test_minmax_round_off_is_no_signal():
     signal[0, 0, 0] += 1e-3
     out = minmax_normalise(signal)
     assert out[0, 0, 0] == 1.0 and out.sum() == 1.0
+
+
+def test_preserved_model_state_can_freeze_parameters_and_gives_the_flags_back():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).train()
+    model[0].bias.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="stop"):
+        with preserved_model_state(model, freeze_parameters=True):
+            assert [p.requires_grad for p in model.parameters()] == [False, False, False, False]
+            assert not model.training
+            raise RuntimeError("stop")
+    assert [p.requires_grad for p in model.parameters()] == [True, False, True, True]
+    assert model.training and model[1].training

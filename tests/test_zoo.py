@@ -140,7 +140,7 @@ def test_records_meet_the_bar():
         else:
             assert "attack_success_rate" not in r
         if e.kind == "noisy_label":
-            effect, clean = r["label_noise_effect"], records[e.twin]
+            effect = r["label_noise_effect"]
             n = r["settings"]["label_noise"]
             assert n["share"] >= 0.3 and n["source"] != n["dest"]
             assert effect["source_dest_probability"] > 0.15, e.name

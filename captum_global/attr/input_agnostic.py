@@ -228,8 +228,7 @@ class InputAgnosticSaliency(GradientAttribution):
         afa = format_additional_forward_args(additional_forward_args)
         parsed = parse_target(target, n)
 
-        with preserved_model_state(self.forward_func):
-            _freeze_parameters(self.forward_func)
+        with preserved_model_state(self.forward_func, freeze_parameters=True):
             output_shape = self._probe(inputs_t, settings["value_range"], afa)
             rows = parsed.checked(output_shape).classes()
             classes = sorted(set(rows))
@@ -312,10 +311,3 @@ def _check_settings(inputs, samples_per_step, n_steps, step_size, norm, radius, 
         scale=check_choice(scale, "scale", _SCALES),
     )
 
-
-def _freeze_parameters(model: Callable) -> None:
-    # Only gradients w.r.t. the synthetic points are needed; preserved_model_state
-    # gives the flags back afterwards.
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            p.requires_grad_(False)

@@ -141,8 +141,7 @@ class NeuralCleanse:
         num_classes = count_classes(self.forward_func, clean_inputs)
         target = _check_label(target, num_classes)
         generator = make_generator(check_seed(seed))
-        with preserved_model_state(self.forward_func):
-            _freeze(self.forward_func)
+        with preserved_model_state(self.forward_func, freeze_parameters=True):
             result = _reverse(self.forward_func, clean_inputs, target, generator, settings,
                               check_bool(show_progress, "show_progress"))
         return result[0], result[1], result[2], result[3]
@@ -189,8 +188,7 @@ class NeuralCleanse:
             from tqdm.auto import tqdm
 
             labels = tqdm(classes, desc=self.get_name())
-        with preserved_model_state(self.forward_func):
-            _freeze(self.forward_func)
+        with preserved_model_state(self.forward_func, freeze_parameters=True):
             for k, label in enumerate(labels):
                 mask, pattern, l1, rate, spent = _reverse(
                     self.forward_func, clean_inputs, label, make_generator(seed + k), settings, False)
@@ -274,11 +272,6 @@ def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
         early_stop_patience=check_int(s["early_stop_patience"], "early_stop_patience", minimum=1),
         value_range=check_value_range(s["value_range"]),
     )
-
-
-def _freeze(model: nn.Module) -> None:
-    for p in model.parameters():
-        p.requires_grad_(False)
 
 
 def _reverse(model, inputs: Tensor, label: int, generator: torch.Generator, s: Dict[str, Any],

@@ -9,14 +9,13 @@ trigger; it returns each class's suspected trigger for a person to look at.
 """
 import math
 import time
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from captum_global._checks import (
     check_bool,
-    check_choice,
     check_int,
     check_module,
     check_number,
@@ -194,8 +193,7 @@ def scan_for_backdoor(
     def batches(round_: int):
         return [next(stream) for _ in range(opts["check_every"])]
 
-    with preserved_model_state(model):
-        _freeze(model)
+    with preserved_model_state(model, freeze_parameters=True):
         untestable = _base_classes(model, held, classes) if clean_inputs is None else []
         found = reverse_triggers(
             model, classes, batches, (c, h, w), cell, rounds, opts["lr"], opts["init_cost"],
@@ -284,12 +282,6 @@ def _batch_stream(inputs: Tensor, size: int, generator: torch.Generator):
         order = torch.randperm(inputs.shape[0], generator=generator).to(inputs.device)
         for i in range(0, inputs.shape[0] - size + 1 if inputs.shape[0] >= size else 1, size):
             yield inputs[order[i:i + size]]
-
-
-def _freeze(model: nn.Module) -> None:
-    # Only gradients w.r.t. the stamps are needed; preserved_model_state restores the flags.
-    for p in model.parameters():
-        p.requires_grad_(False)
 
 
 def _base_classes(model: nn.Module, inputs: Tensor, classes: Sequence[int]) -> list:
