@@ -1,4 +1,4 @@
-"""Battery cases for the metrics, the line-up, the benchmark's RISE and the command line (see ``battery.py``)."""
+"""Battery cases for the metrics, the line-up, RISE and the command line (see ``battery.py``)."""
 import contextlib
 import functools
 import io
@@ -320,27 +320,29 @@ def _pairs_ok(result: Dict[str, Any], env: Env) -> Optional[str]:
     return None
 
 
-# ---------------------------------------------------------------- the benchmark's RISE
+# ---------------------------------------------------------------- RISE
 
 def _rise(env: Env, kwargs: Optional[Dict[str, Any]] = None, target: Any = DEFAULT) -> Any:
-    from benchmarks.rise import RISE
+    from captum_global.attr import RISE
 
-    kw = dict(n_masks=30, batch_size=16)
+    kw = dict(n_masks=30, perturbations_per_eval=16)
     kw.update(fresh(dict(kwargs or {})))
     model = env.track(pop_arg(kw, "model", tiny_net))
     x = pop_arg(kw, "inputs", images)
-    return RISE(model, **kw).attribute(x, [0, 2] if target is DEFAULT else target)
+    return RISE(model).attribute(x, [0, 2] if target is DEFAULT else target, **kw)
 
 
 def _rise_cases() -> List[Case]:
-    cases = target_cases("benchmarks.RISE", lambda env, t: _rise(env, target=t))
-    cases += option_cases("benchmarks.RISE", "inputs", _rise, inputs_rows())
-    cases += option_cases("benchmarks.RISE", "forward_func", _rise, model_rows("model"))
-    cases += option_cases("benchmarks.RISE", "options", _rise, [
+    cases = target_cases("RISE", lambda env, t: _rise(env, target=t))
+    cases += option_cases("RISE", "inputs", _rise, inputs_rows())
+    cases += option_cases("RISE", "forward_func", _rise, model_rows("model"))
+    cases += option_cases("RISE", "options", _rise, [
         ("n_masks-zero", {"n_masks": 0}, "error", ("n_masks",)), ("p1-nan", {"p1": NAN}, "error", ("p1",)),
-        ("p1-zero", {"p1": 0.0}, "error", ("p1",)), ("batch_size-float", {"batch_size": 2.5}, "error", ("batch_size",)),
+        ("p1-zero", {"p1": 0.0}, "error", ("p1",)),
+        ("perturbations_per_eval-float", {"perturbations_per_eval": 2.5}, "error", ("perturbations_per_eval",)),
         ("s-zero", {"s": 0}, "error", ("s",)), ("seed-negative", {"seed": -1}, "error", ("seed",)),
-        ("numpy-ints", {"n_masks": np.int64(30), "batch_size": np.int32(7)}, "accept", {}),
+        ("apply_softmax-string", {"apply_softmax": "yes"}, "error", ("apply_softmax",)),
+        ("numpy-ints", {"n_masks": np.int64(30), "perturbations_per_eval": np.int32(7)}, "accept", {}),
     ])
     return cases
 
@@ -482,5 +484,5 @@ def _cli_cases() -> List[Case]:
 
 
 def tool_cases() -> List[Case]:
-    """The cases of the metrics, the line-up, the benchmark's RISE and the command line."""
+    """The cases of the metrics, the line-up, RISE and the command line."""
     return _metric_cases() + _lineup_cases() + _rise_cases() + _cli_cases()

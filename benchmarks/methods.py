@@ -28,7 +28,7 @@ Peers that the demo does not show stay here:
 - ``scorecam``, ``gradcam++``: ``ScoreCAM`` / ``GradCAMPlusPlus`` from the
   ``grad-cam`` package (``pytorch_grad_cam``) on the same layer as
   ``gradcam``, targets via ``ClassifierOutputTarget``.
-- ``rise``: :class:`benchmarks.rise.RISE`, our baseline implementation with
+- ``rise``: :class:`captum_global.attr.RISE`, our implementation with
   the paper's defaults (4000 masks, s = 7, p1 = 0.5); ``layer_info.options
   ["rise_masks"]`` lowers the count.
 - ``input_agnostic``: ``captum_global.attr.InputAgnosticSaliency`` when the
@@ -43,10 +43,10 @@ import torch
 from captum.attr import FeatureAblation, Saliency
 from torch import Tensor, nn
 
-from benchmarks.rise import RISE
-from captum_global._targets import parse_target
+from captum_global.attr import RISE
 from captum_global.errors import InvalidArgumentError
 from captum_global.lineup import LINEUP, last_spatial_layer
+from captum_global.targets import target_classes
 
 __all__ = ["LayerInfo", "register", "available", "get_factory", "BASELINES", "pick_cam_layer", "grid_feature_mask"]
 
@@ -149,7 +149,9 @@ def _grad_cam_package(cls_name: str) -> Factory:
         cls = getattr(pytorch_grad_cam, cls_name)
 
         def explain(x, t):
-            targets = [ClassifierOutputTarget(c) for c in parse_target(t, x.shape[0]).classes()]
+            with torch.no_grad():
+                num_classes = model(x[:1]).shape[-1]
+            targets = [ClassifierOutputTarget(c) for c in target_classes(t, x.shape[0], num_classes)]
             # The CAM object hooks the layer when built: build and release it
             # per call so its hooks never run during another method.
             with cls(model=model, target_layers=[info.layer]) as cam:
@@ -164,8 +166,12 @@ def _grad_cam_package(cls_name: str) -> Factory:
 
 
 def _rise(model, info):
-    method = RISE(model, n_masks=int(info.options.get("rise_masks", 4000)), batch_size=info.batch_size)
-    return method.attribute
+    method, n_masks = RISE(model), int(info.options.get("rise_masks", 4000))
+
+    def explain(x, t):  # one map per example: RISE repeats it over the channels
+        return method.attribute(x, t, n_masks=n_masks, perturbations_per_eval=info.batch_size)[:, :1]
+
+    return explain
 
 
 register("saliency", _saliency)

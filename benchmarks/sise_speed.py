@@ -21,7 +21,7 @@ Per model and method, on the same ``--n`` images of the benchmark workload
 Methods: ``SISE`` (the default), ``SISE (paper settings)`` (every kept mask
 scored, hard Otsu fusion, logit scores: the settings before adaptive
 selection), Score-CAM (``pytorch_grad_cam``, same layer as Grad-CAM), RISE
-(``benchmarks.rise``, ``--rise-masks``), Captum Occlusion (the line-up's
+(``captum_global.attr.RISE``, ``--rise-masks``), Captum Occlusion (the line-up's
 window) and Grad-CAM. The machine is shared: the methods are interleaved over
 ``--repeats`` rounds and each keeps its fastest round, the forward pass too.
 """

@@ -11,9 +11,12 @@ from typing import Any, Callable, Optional, Tuple, Union
 from torch import Tensor
 
 from captum._utils import common as _common
-from captum._utils.typing import BaselineType, TargetType
+from captum._utils.typing import BaselineType, TargetType, TensorOrTupleOfTensorsGeneric
 
 __all__ = [
+    "BaselineType",
+    "TargetType",
+    "TensorOrTupleOfTensorsGeneric",
     "is_tuple",
     "format_inputs",
     "format_output",

@@ -74,7 +74,7 @@ def test_the_battery_has_hundreds_of_cases_for_every_public_api():
     for api in ("SISE", "InputAgnosticSaliency", "ClassWiseSynthesis", "scan_for_backdoor", "neural_cleanse",
                 "metrics.insertion_auc", "metrics.deletion_auc", "metrics.drop_and_increase",
                 "metrics.energy_pointing_game", "metrics.bbox_accuracy", "metrics.miou", "lineup.Grad-CAM",
-                "lineup.SISE", "benchmarks.RISE", "cli"):
+                "lineup.SISE", "RISE", "cli"):
         assert api in apis, api
     assert set(KNOWN_OPEN) <= {c.id for c in SUBSET}, "KNOWN_OPEN names cases that are not (or no longer) tested"
     assert 150 <= len(SUBSET) <= 350
@@ -235,9 +235,9 @@ def _grad_cam(target):
 
 
 def _rise(target):
-    from benchmarks.rise import RISE
+    from captum_global.attr import RISE
 
-    return RISE(tiny_net(), n_masks=8).attribute(images(), target)
+    return RISE(tiny_net()).attribute(images(), target, n_masks=8)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

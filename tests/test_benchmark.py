@@ -7,7 +7,7 @@ import torch
 
 from benchmarks import COLUMNS, LayerInfo, available, register, run_benchmark
 from benchmarks.methods import grid_feature_mask, pick_cam_layer
-from benchmarks.rise import RISE
+from captum_global.attr import RISE
 from benchmarks.run import merge_results
 from benchmarks.workloads import Workload
 from captum_global.errors import InvalidArgumentError, NonFiniteOutputError
@@ -110,54 +110,79 @@ def test_grad_cam_package_peers_return_input_sized_maps():
 def test_rise_is_its_formula_and_batch_size_invariant():
     """saliency = sum_i P_c(x * M_i) M_i / (n_masks * p1), with the masks RISE.masks yields."""
     work = tiny_workload()
-    rise = RISE(work.model, n_masks=130, p1=0.4, batch_size=7, seed=3)
-    masks = torch.cat(list(rise.masks(16, 16)))
+    settings = dict(n_masks=130, p1=0.4, seed=3)
+    masks = torch.cat(list(RISE.masks(16, 16, **settings)))
     assert masks.shape == (130, 1, 16, 16) and 0 <= masks.min() and masks.max() <= 1 + 1e-6
     with torch.no_grad():
         expected = torch.stack([
             (work.model(work.images[i] * masks).softmax(1)[:, c].view(-1, 1, 1, 1) * masks).sum(0) / (130 * 0.4)
             for i, c in enumerate(work.targets.tolist())
         ])
-    got = rise.attribute(work.images, work.targets)
-    assert torch.allclose(got, expected, atol=1e-6)
-    big = RISE(work.model, n_masks=130, p1=0.4, batch_size=np.int64(500), seed=3).attribute(work.images, work.targets)
+    rise = RISE(work.model)
+    got = rise.attribute(work.images, work.targets, perturbations_per_eval=7, **settings)
+    assert got.shape == work.images.shape
+    assert torch.allclose(got, expected.expand_as(got), atol=1e-6)
+    big = rise.attribute(work.images, work.targets, perturbations_per_eval=np.int64(500), **settings)
     assert torch.allclose(big, got, atol=1e-6)
     # raw scores: the same sum with the model's outputs
-    raw = RISE(work.model, n_masks=130, p1=0.4, seed=3, apply_softmax=False).attribute(work.images, 1)
+    raw = rise.attribute(work.images, 1, apply_softmax=False, **settings)
     with torch.no_grad():
         expected_raw = (work.model(work.images[0] * masks)[:, 1].view(-1, 1, 1, 1) * masks).sum(0) / (130 * 0.4)
-    assert torch.allclose(raw[0], expected_raw, atol=1e-5)
+    assert torch.allclose(raw[0, :1], expected_raw, atol=1e-5)
+    # another seed draws other masks
+    assert not torch.allclose(rise.attribute(work.images, 1, n_masks=130, p1=0.4, seed=4), got)
     assert grid_feature_mask(16, 16).unique().numel() == 64
+
+
+def test_rise_takes_tuples_and_forward_arguments_like_captum():
+    work = tiny_workload()
+    x = work.images
+    one = RISE(work.model).attribute(x, 1, n_masks=40)
+    # a tuple in, a tuple out: the masks multiply every input of the tuple
+    two = RISE(lambda a, b: work.model(a + b)).attribute((x, torch.zeros_like(x)), 1, n_masks=40)
+    assert isinstance(two, tuple) and len(two) == 2
+    assert torch.allclose(two[0], one, atol=1e-6) and torch.allclose(two[1], one, atol=1e-6)
+    # per-example forward arguments follow their example through the masked copies
+    scale = torch.tensor([1.0, 0.0] + [1.0] * (x.shape[0] - 2))
+    scaled = RISE(lambda a, s: work.model(a) * s.view(-1, 1)).attribute(x, 1, additional_forward_args=(scale,),
+                                                                        n_masks=40, apply_softmax=False)
+    plain = RISE(work.model).attribute(x, 1, n_masks=40, apply_softmax=False)
+    assert torch.allclose(scaled[0], plain[0], atol=1e-6) and torch.equal(scaled[1], torch.zeros_like(plain[1]))
+    with pytest.raises(InvalidArgumentError, match=r"inputs\[1\]"):
+        RISE(lambda a, b: work.model(a)).attribute((x, x[:1]), 1, n_masks=5)
 
 
 def test_rise_follows_the_contract():
     work = tiny_workload()
-    rise = RISE(work.model, n_masks=20)
-    ref = rise.attribute(work.images, [2, 2])
+    rise = RISE(work.model)
+    ref = rise.attribute(work.images, [2, 2], n_masks=20)
     for same in (2, -1, np.int64(2), (2,), torch.tensor(2), torch.tensor([2, 2])):
-        assert torch.equal(rise.attribute(work.images, same), ref)
+        assert torch.equal(rise.attribute(work.images, same, n_masks=20), ref)
     for bad in (3, 1.5, True, [2], torch.tensor([2.0, 2.0]), None):
         with pytest.raises(InvalidArgumentError, match="target"):
-            rise.attribute(work.images, bad)
+            rise.attribute(work.images, bad, n_masks=20)
     for kwargs, name in (({"n_masks": 0}, "n_masks"), ({"p1": float("nan")}, "p1"), ({"p1": 0}, "p1"),
-                         ({"batch_size": 2.0}, "batch_size"), ({"s": 0}, "s"), ({"seed": -1}, "seed")):
+                         ({"perturbations_per_eval": 2.0}, "perturbations_per_eval"), ({"s": 0}, "s"),
+                         ({"seed": -1}, "seed"), ({"apply_softmax": "no"}, "apply_softmax")):
         with pytest.raises(InvalidArgumentError, match=name):
-            RISE(work.model, **kwargs)
+            rise.attribute(work.images, 0, **kwargs)
+    with pytest.raises(InvalidArgumentError, match="forward_func"):
+        RISE("not a model")
     bad_x = work.images.clone()
     bad_x[0, 0, 0, 0] = float("nan")
     with pytest.raises(InvalidArgumentError, match="inputs must be finite"):
         rise.attribute(bad_x, 0)
     with pytest.raises(NonFiniteOutputError, match="RISE"):
-        RISE(lambda t: work.model(t) * float("nan"), n_masks=5).attribute(work.images, 0)
+        RISE(lambda t: work.model(t) * float("nan")).attribute(work.images, 0, n_masks=5)
     # eval mode, model left as found (a train-mode model with batch norm)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
                               torch.nn.LazyLinear(3))
     net(work.images)
     net.eval()
-    ref = RISE(net, n_masks=10).attribute(work.images, 0)
+    ref = RISE(net).attribute(work.images, 0, n_masks=10)
     net.train()
     stats = net[1].running_mean.clone()
-    assert torch.equal(RISE(net, n_masks=10).attribute(work.images, 0), ref)
+    assert torch.equal(RISE(net).attribute(work.images, 0, n_masks=10), ref)
     assert net.training and torch.equal(net[1].running_mean, stats)
 
 
@@ -175,9 +200,9 @@ def test_command_line_refuses_bad_values_with_usage(capsys):
 def test_rise_docstring_example_runs():
     import doctest
 
-    import benchmarks.rise
+    import captum_global.attr.rise
 
-    assert doctest.testmod(benchmarks.rise).failed == 0
+    assert doctest.testmod(captum_global.attr.rise).failed == 0
 
 
 def test_lineup_parts_come_from_the_same_run_and_explain_is_one_tensor():

@@ -292,8 +292,16 @@ def test_gradient_matching_one_checkpoint_equals_final_weights_and_sums_over_che
     for k, sd in enumerate(trajectory):  # per-checkpoint distances are those of one-checkpoint runs
         alone = method.attribute(data, iterations=0, checkpoints=sd)
         assert torch.allclose(along.initial_distances[k], alone.initial_distance, atol=1e-5)
-    sampled = method.attribute(data, iterations=6, checkpoints=trajectory, checkpoints_per_iteration=1)
-    assert sampled.loss_history.shape == (6,) and (sampled.final_distance < sampled.initial_distance).all()
+    # Drawing every checkpoint each iteration is no sampling at all.
+    full = method.attribute(data, iterations=6, checkpoints=trajectory)
+    drawn_all = method.attribute(data, iterations=6, checkpoints=trajectory, checkpoints_per_iteration=3)
+    assert torch.equal(full.images, drawn_all.images)
+    # One checkpoint drawn per iteration: each step lowers one checkpoint's distance, which may raise
+    # another's, so only the total over the trajectory is asserted to fall (by 14-45% over seeds and
+    # thread counts when measured).
+    sampled = method.attribute(data, iterations=40, checkpoints=trajectory, checkpoints_per_iteration=1)
+    assert sampled.loss_history.shape == (40,)
+    assert sampled.final_distance.sum() < sampled.initial_distance.sum()
 
 
 def test_trajectory_matching_distance_falls():

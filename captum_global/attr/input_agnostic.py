@@ -8,7 +8,6 @@ is taken from the paper and what is ours).
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
-from captum._utils.typing import TargetType, TensorOrTupleOfTensorsGeneric
 from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
@@ -23,7 +22,13 @@ from captum_global._checks import (
     check_tensor,
     check_value_range,
 )
-from captum_global._compat import format_additional_forward_args, format_output, is_tuple
+from captum_global._compat import (
+    TargetType,
+    TensorOrTupleOfTensorsGeneric,
+    format_additional_forward_args,
+    format_output,
+    is_tuple,
+)
 from captum_global._model_state import preserved_model_state
 from captum_global._seeding import check_seed, make_generator
 from captum_global._targets import parse_target

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum._utils.typing import BaselineType, TargetType
 from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 
@@ -38,7 +37,7 @@ from captum_global._checks import (
     check_number,
     check_tensor,
 )
-from captum_global._compat import format_additional_forward_args, format_output, is_tuple
+from captum_global._compat import BaselineType, TargetType, format_additional_forward_args, format_output, is_tuple
 from captum_global._model_state import find_module, preserved_model_state
 from captum_global._scoring import index_additional_args
 from captum_global._targets import parse_target
