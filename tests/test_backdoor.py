@@ -169,6 +169,19 @@ def test_per_image_cost_leaves_out_the_class_own_images(clean):
     assert scan.statistics["mask_l1"][1:].tolist() == [256.0] * 3
 
 
+def test_success_confidence_counts_an_input_only_above_that_probability(clean):
+    # AlwaysClassZero gives class 0 a probability of at most e^5 / (e^5 + 3 e^0) = 0.980 (the other
+    # logits are channel means >= 0), whatever the stamp: reached as the arg max on every input,
+    # never at 0.99, always at 0.95.
+    assert math.exp(5) / (math.exp(5) + 3) < 0.99
+    opts = dict(n_steps=4, check_every=2, batch_size=4, cells=SIZE)
+    runs = {conf: scan_for_backdoor(AlwaysClassZero(), clean[:1], clean_inputs=clean[:8], seed=0,
+                                    success_confidence=conf, **opts).statistics["mask_l1"]
+            for conf in (None, 0.95, 0.99)}
+    assert float(runs[None][0]) < 256 and torch.equal(runs[0.95], runs[None])
+    assert runs[0.99].tolist() == [256.0] * 4
+
+
 # ---------------------------------------------------------------- argument errors
 
 
@@ -202,6 +215,9 @@ SCAN_ONLY = [
     (dict(per_image=2.5), TypeError, "per_image"),
     (dict(per_image_steps=0), InvalidArgumentError, "per_image_steps"),
     (dict(noise_floor=-0.1), InvalidArgumentError, "noise_floor"),
+    (dict(success_confidence=1.0), InvalidArgumentError, "success_confidence"),
+    (dict(success_confidence=0.0), InvalidArgumentError, "success_confidence"),
+    (dict(success_confidence=math.nan), InvalidArgumentError, "success_confidence"),
 ]
 
 

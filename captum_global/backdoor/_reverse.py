@@ -68,6 +68,7 @@ def reverse_triggers(
     dtype: torch.dtype,
     progress: Optional[Callable[[], None]] = None,
     per_image: Optional[Tensor] = None,
+    confidence: Optional[float] = None,
 ) -> ReverseResult:
     """Optimise every class's stamp; ``batches(epoch)`` lists that epoch's input batches.
 
@@ -75,6 +76,8 @@ def reverse_triggers(
     image* instead (rows ``class x image``, class-major), each judged on its
     own image only: the cost of reaching the class without a shared
     trigger. ``batches`` then only sets the number of steps per round.
+    With ``confidence``, an input counts as reached only when the class's
+    softmax probability is at least that (instead of being the arg max).
     """
     k = len(classes)
     c, h, w = shape
@@ -129,7 +132,7 @@ def reverse_triggers(
                 loss.backward()
             optimiser.step()
             evaluations += k * b
-            hits += (logits.detach().argmax(1) == labels).view(k, b).float().sum(1).cpu()
+            hits += _reached(logits.detach(), labels, confidence).view(k, b).float().sum(1).cpu()
             seen += b
             l1_sum += l1.detach().double().cpu()
             n_batches += 1
@@ -170,3 +173,11 @@ def reverse_triggers(
         best_mask[never] = mask.detach()[never, 0]
         best_pattern[never] = pattern.detach()[never]
     return ReverseResult(best.float(), best_mask, best_pattern, epoch, evaluations)
+
+
+def _reached(logits: Tensor, labels: Tensor, confidence: Optional[float]) -> Tensor:
+    """Whether each stamped input reached its label: the arg max, or a softmax
+    probability of at least ``confidence``."""
+    if confidence is None:
+        return logits.argmax(1) == labels
+    return logits.softmax(1).gather(1, labels.view(-1, 1)).squeeze(1) >= confidence

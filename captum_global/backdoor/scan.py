@@ -62,6 +62,7 @@ DEFAULTS: Dict[str, Any] = dict(
     class_maps=False,
     per_image=0,
     per_image_steps=120,
+    success_confidence=None,
 )
 
 
@@ -142,7 +143,11 @@ def scan_for_backdoor(
                     divided out. Measured on the reference zoo it raised
                     more false alarms than the plain statistic, hence off;
                     it costs ``per_image_steps * classes * M`` evaluations
-                    more).
+                    more), ``success_confidence`` (None: an input counts as
+                    flipped when the class is its arg max; a probability in
+                    (0, 1): only when the class's softmax probability
+                    reaches it, so the statistic is the mask that makes the
+                    class *sure*, not just the winner).
 
     Returns:
         :class:`BackdoorScan` with ``statistics["mask_l1"]`` (pixels); with
@@ -199,6 +204,7 @@ def scan_for_backdoor(
             model, classes, batches, (c, h, w), cell, rounds, opts["lr"], opts["init_cost"],
             opts["cost_multiplier"], opts["patience"], opts["early_stop_patience"], opts["attack_success"],
             (lo, hi), generator, example.device, example.dtype, progress=bar.update if bar else None,
+            confidence=opts["success_confidence"],
         )
         success = _success(model, held, classes, found.masks, found.patterns)
         evaluations = found.evaluations + len(classes) * held.shape[0] + (held.shape[0] if clean_inputs is None else 0)
@@ -260,6 +266,8 @@ def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
         class_maps=check_bool(s["class_maps"], "class_maps"),
         per_image=check_int(s["per_image"], "per_image", minimum=0),
         per_image_steps=check_int(s["per_image_steps"], "per_image_steps", minimum=1),
+        success_confidence=None if s["success_confidence"] is None else check_number(
+            s["success_confidence"], "success_confidence", 0.0, 1.0, min_inclusive=False, max_inclusive=False),
     )
 
 
