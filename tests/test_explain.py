@@ -123,6 +123,16 @@ def test_sise_by_name_on_a_reference_model(tmp_path):
     assert torch.allclose(result.maps(), SISE(model).attribute(x, target=model(x).argmax(1)), atol=1e-6)
 
 
+def test_rise_by_name_with_its_options(tmp_path):
+    from captum_global.attr import RISE
+
+    model, x = tiny(), images(3, size=8)
+    result = explain_dataset(model, "rise", x, tmp_path / "r", batch_size=2,
+                             attribute_kwargs=dict(n_masks=30, seed=4))
+    expected = RISE(model).attribute(x, target=model(x).argmax(1), n_masks=30, seed=4)
+    assert "RISE" in method_names() and torch.allclose(result.maps(), expected, atol=1e-6)
+
+
 def test_image_folder_with_labels_and_data_loader(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -29,7 +29,7 @@ def _known_methods() -> Dict[str, type]:
     """Attribution classes by normalised name: ours, then every per-input class of ``captum.attr``."""
     import captum.attr as captum_attr
 
-    from captum_global.attr import SISE, InputAgnosticSaliency
+    from captum_global.attr import RISE, SISE, InputAgnosticSaliency
 
     abstract = {"Attribution", "GradientAttribution", "PerturbationAttribution", "LayerAttribution",
                 "NeuronAttribution"}
@@ -39,7 +39,7 @@ def _known_methods() -> Dict[str, type]:
         if (inspect.isclass(cls) and issubclass(cls, captum_attr.Attribution) and name not in abstract
                 and not issubclass(cls, captum_attr.NeuronAttribution) and _constructor_needs(cls) is not None):
             found[_normalised(name)] = cls
-    for cls in (SISE, InputAgnosticSaliency):
+    for cls in (SISE, RISE, InputAgnosticSaliency):
         found[_normalised(cls.__name__)] = cls
     return found
 
