@@ -148,10 +148,13 @@ def _grad_cam_package(cls_name: str) -> Factory:
 
         cls = getattr(pytorch_grad_cam, cls_name)
 
+        outputs: List[int] = []  # the model's number of outputs, read once (a timed call pays no extra pass)
+
         def explain(x, t):
-            with torch.no_grad():
-                num_classes = model(x[:1]).shape[-1]
-            targets = [ClassifierOutputTarget(c) for c in target_classes(t, x.shape[0], num_classes)]
+            if not outputs:
+                with torch.no_grad():
+                    outputs.append(model(x[:1]).shape[-1])
+            targets = [ClassifierOutputTarget(c) for c in target_classes(t, x.shape[0], outputs[0])]
             # The CAM object hooks the layer when built: build and release it
             # per call so its hooks never run during another method.
             with cls(model=model, target_layers=[info.layer]) as cam:
