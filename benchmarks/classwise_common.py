@@ -59,6 +59,13 @@ def explained_data(name: str, n: int, seed: int):
     return data
 
 
+def clean_reference(arch: str, n_data: int, seed: int):
+    """The zoo's clean ``arch`` model: ``(entry, model, trajectory, data)``,
+    with ``n_data`` fresh examples to explain it on."""
+    entry = zoo_entry(f"{arch}_clean")
+    return entry, entry.load(), entry.trajectory(), explained_data(entry.name, n_data, seed)
+
+
 def synthesise(model, data, trajectory: Optional[List[Dict[str, Tensor]]], images_per_class: int, mode: str,
                iterations: int, seed: int, augment: bool = True, **options) -> ClassWiseResult:
     """The benchmarks' synthesis: ``RECIPE`` plus the given options."""

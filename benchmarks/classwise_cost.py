@@ -27,7 +27,6 @@ from typing import Dict, List
 import torch
 
 from captum_global.attr import ClassWiseSynthesis
-from captum_global.world import zoo_entry
 
 from benchmarks import classwise_common as common
 from benchmarks.measure import peak_memory
@@ -55,9 +54,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     rows: List[Dict] = []
     for arch in args.archs:
-        entry = zoo_entry(f"{arch}_clean")
-        model, trajectory = entry.load(), entry.trajectory()
-        data = common.explained_data(entry.name, args.n_data, args.seed)
+        _, model, trajectory, data = common.clean_reference(arch, args.n_data, args.seed)
         method = ClassWiseSynthesis(model)
         method.real_class_gradients(data, checkpoints=[trajectory[-1]], batch_size=250)  # warm-up
         _, unit, unit_mb = timed(lambda: method.real_class_gradients(data, checkpoints=[trajectory[-1]], batch_size=250))

@@ -40,7 +40,7 @@ import torch
 
 from captum_global import viz
 from captum_global.attr import ClassWiseSynthesis
-from captum_global.world import CLASS_NAMES, build_model, make_dataset, zoo_entry
+from captum_global.world import CLASS_NAMES, build_model, make_dataset
 
 from benchmarks import classwise_common as common
 
@@ -106,9 +106,7 @@ def main(argv=None) -> None:
     test = make_dataset(args.n_test, seed=args.seed + 1000)
     rows: List[Dict] = []
     for arch in args.archs:
-        entry = zoo_entry(f"{arch}_clean")
-        model, trajectory = entry.load(), entry.trajectory()
-        data = common.explained_data(entry.name, args.n_data, args.seed)
+        entry, model, trajectory, data = common.clean_reference(arch, args.n_data, args.seed)
         method = ClassWiseSynthesis(model)
         targets = {along: method.real_class_gradients(data, checkpoints=trajectory if along else None,
                                                       real_examples=max(args.ipc + [3]), batch_size=250)

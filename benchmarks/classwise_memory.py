@@ -35,14 +35,11 @@ def stage(arch: str, name: str, n: int, args) -> None:
     """Run one stage in this process and print its peak resident set (MB)."""
     import torch
 
-    from captum_global.world import zoo_entry
-
+    
     from benchmarks import classwise_common as common
 
     torch.set_num_threads(1)
-    entry = zoo_entry(f"{arch}_clean")
-    model, trajectory = entry.load(), entry.trajectory()
-    data = common.explained_data(entry.name, args.n_data, args.seed)
+    _, model, trajectory, data = common.clean_reference(arch, args.n_data, args.seed)
     if name != "setup":
         from captum_global.attr import ClassWiseSynthesis
 
