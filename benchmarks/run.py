@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from benchmarks.measure import EvaluationCounter, forward_time, peak_memory
 from benchmarks.methods import BASELINES, LayerInfo, available, get_factory, pick_cam_layer
 from benchmarks.workloads import MODEL_CHOICES, Workload, load_workload
-from captum_global._checks import check_bool, check_int
+from captum_global.contract import check_bool, check_int
 from captum_global.errors import InvalidArgumentError
 from captum_global.metrics import (
     bbox_accuracy,

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from captum_global._checks import check_int
+from captum_global.contract import check_int
 from captum_global.errors import InvalidArgumentError
 
 __all__ = ["Workload", "load_workload", "MODEL_CHOICES"]

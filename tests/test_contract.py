@@ -7,7 +7,7 @@ import torch
 from captum.attr import Saliency
 from hypothesis import given, settings, strategies as st
 
-from captum_global._checks import (
+from captum_global.contract import (
     check_bool,
     check_choice,
     check_finite_output,
@@ -15,12 +15,17 @@ from captum_global._checks import (
     check_int,
     check_model_output,
     check_number,
+    check_seed,
     check_tensor,
     check_value_range,
+    index_additional_args,
+    iter_scores,
+    make_generator,
+    parse_target,
+    preserved_global_rng,
+    score_all,
+    seeded_global_rng,
 )
-from captum_global._scoring import index_additional_args, iter_scores, score_all
-from captum_global._seeding import check_seed, make_generator, preserved_global_rng, seeded_global_rng
-from captum_global._targets import parse_target
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError, NonFiniteOutputError
 
 

@@ -1,13 +1,12 @@
-"""Tests of the shared private helpers: heat maps, model-state guard, compat."""
+"""Heat-map operations (captum_global.maps) and the model-state guard (captum_global.contract)."""
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from captum_global import _compat
-from captum_global._maps import minmax_normalise, otsu_threshold, resize_maps, to_heatmap
-from captum_global._model_state import HookBag, find_module, preserved_model_state
+from captum_global.maps import minmax_normalise, otsu_threshold, resize_maps, to_heatmap
+from captum_global.contract import HookBag, find_module, preserved_model_state
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 
@@ -118,16 +117,6 @@ def test_find_module_errors_name_the_argument():
         find_module(model, nn.Conv2d(1, 1, 1))
     with pytest.raises(InvalidArgumentTypeError, match="layer must be an nn.Module or a dotted module name"):
         find_module(model, 3)
-
-
-def test_compat_round_trips_like_captum():
-    x = torch.rand(2, 3)
-    assert _compat.format_output(_compat.is_tuple(x), _compat.format_inputs(x)) is x
-    tup = (x, x)
-    assert _compat.format_output(_compat.is_tuple(tup), _compat.format_inputs(tup)) == tup
-    out = _compat.run_forward(lambda a: a * 2, x, target=[0, 2])
-    assert torch.equal(out, torch.stack([x[0, 0] * 2, x[1, 2] * 2]))
-    assert _compat.expand_target([1, 2], 2) == [1, 2, 1, 2]
 
 
 def test_minmax_round_off_is_no_signal():

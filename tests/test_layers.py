@@ -1,4 +1,4 @@
-"""Block discovery (captum_global.attr._layers): one layer per convolutional block."""
+"""Block discovery (captum_global.attr.sise.find_block_outputs): one layer per convolutional block."""
 import os
 import sys
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from captum_global.attr import select_sise_layers
-from captum_global.attr._layers import find_block_outputs
+from captum_global.attr.sise import find_block_outputs
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _sise_nets import TutorialNet  # noqa: E402

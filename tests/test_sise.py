@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from _sise_nets import Counter, Net, TwoInputNet, images as _x, no_hooks as _clean  # noqa: E402
-from captum_global._maps import minmax_normalise
+from captum_global.maps import minmax_normalise
 from captum_global.attr import SISE
-from captum_global.attr._fusion import fuse_layer_maps, hard_gate, soft_gate
+from captum_global.attr.sise import fuse_layer_maps, hard_gate, soft_gate
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 

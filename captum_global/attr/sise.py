@@ -41,13 +41,26 @@ from captum_global._compat import BaselineType, TargetType, format_additional_fo
 from captum_global._model_state import find_module, preserved_model_state
 from captum_global._scoring import index_additional_args
 from captum_global._targets import parse_target
-from captum_global.attr._fusion import DEFAULT_FUSION, FUSIONS, fuse_layer_maps
-from captum_global.attr._layers import eager_module, select_sise_layers
+from captum_global.attr._fusion import DEFAULT_FUSION, FUSIONS, fuse_layer_maps, hard_gate, soft_gate
+from captum_global.attr._layers import BlockOutput, eager_module, find_block_outputs, select_sise_layers
 from captum_global.attr._mask_groups import group_kept_maps
 from captum_global.attr._sise_scoring import gradient_pass, score_layer_maps
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["SISE", "DEFAULT_SIMILARITY_THRESHOLD"]
+# The steps of SISE a user can run on their own layers and maps: block
+# discovery (which layers SISE would explain) and the cascaded fusion.
+__all__ = [
+    "SISE",
+    "DEFAULT_SIMILARITY_THRESHOLD",
+    "select_sise_layers",
+    "find_block_outputs",
+    "BlockOutput",
+    "fuse_layer_maps",
+    "hard_gate",
+    "soft_gate",
+    "FUSIONS",
+    "DEFAULT_FUSION",
+]
 
 logger = logging.getLogger(__name__)
 _SCORES = ("logit", "softmax")
