@@ -52,7 +52,7 @@ LR = {"pixels": 0.01, "spectrum": 0.05}
 def run_model(name: str, args, parametrization: str, with_trajectory: bool) -> Dict:
     entry = zoo_entry(name)
     model = entry.load()
-    data = common.explained_data(name, args.n_data, args.seed)
+    data = common.explained_data(name, args.n_data, args.seed, args.data)
     trajectory = entry.trajectory() if with_trajectory else None
     start = time.perf_counter()
     r = common.synthesise(model, data, trajectory, args.ipc, "gradient", args.iterations, args.seed,
@@ -68,6 +68,9 @@ def main(argv=None) -> None:
     parser.add_argument("--iterations", type=int, default=120)
     parser.add_argument("--parametrizations", nargs="+", default=["pixels", "spectrum"])
     parser.add_argument("--n-data", type=int, default=500)
+    parser.add_argument("--data", choices=["fresh", "training"], default="fresh",
+                        help="explain --n-data fresh examples altered as the training data was, or the model's "
+                             "own training set (all of it; --n-data is ignored)")
     parser.add_argument("--final-only", action=argparse.BooleanOptionalAction, default=True,
                         help="also run at the final weights only (no trajectory) for comparison")
     parser.add_argument("--seed", type=int, default=7)

@@ -44,11 +44,15 @@ def shift_and_flip(x: Tensor) -> Tensor:
     return torch.where(flip, x.flip(-1), x)
 
 
-def explained_data(name: str, n: int, seed: int):
+def explained_data(name: str, n: int, seed: int, source: str = "fresh"):
     """``n`` fresh examples of the reference world, altered like the training
     data of zoo model ``name`` (poisoned at its rate with its trigger, or
-    with its share of labels flipped); clean models get clean data."""
+    with its share of labels flipped); clean models get clean data.
+    ``source="training"``: the model's own training set instead (all of it;
+    ``n`` and ``seed`` are ignored)."""
     entry = zoo_entry(name)
+    if source == "training":
+        return entry.training_data()
     data = make_dataset(n, seed=seed)
     s = entry.settings
     if entry.trigger is not None:

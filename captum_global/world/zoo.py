@@ -16,9 +16,9 @@ import torch  # noqa: F401  (used by the doctests)
 from torch import Tensor, nn
 
 from captum_global.world import store
-from captum_global.world.data import CLASS_NAMES, WorldConfig
+from captum_global.world.data import CLASS_NAMES, ShapesDataset, WorldConfig
 from captum_global.world.models import ARCHS, build_model
-from captum_global.world.training import TRIGGER_KINDS, settings_hash, training_settings
+from captum_global.world.training import TRIGGER_KINDS, _training_data, settings_hash, training_settings
 from captum_global.world.triggers import Trigger, make_trigger
 
 WEIGHTS_DIR = store.WEIGHTS_DIR
@@ -164,6 +164,27 @@ class ZooEntry:
             True
         """
         return store.read_trajectory(store.locate(self, trajectory=True), self.arch, self.settings)
+
+    def training_data(self) -> ShapesDataset:
+        """The exact data the model was trained on, rebuilt from its settings.
+
+        The reference world's training split (``settings["config"]["n_train"]``
+        images), poisoned with the model's trigger at its poison rate, or with
+        its share of labels flipped, exactly as training saw it (same seeds).
+        For methods that explain a model over its full training set, such as
+        :class:`~captum_global.attr.ClassWiseSynthesis`.
+
+        Examples::
+
+            >>> entry = zoo_entry("vgg_patch")
+            >>> data = entry.training_data()
+            >>> len(data) == entry.settings["config"]["n_train"]
+            True
+            >>> poisoned = data.labels != zoo_entry("vgg_clean").training_data().labels
+            >>> bool(poisoned.any()), bool((data.labels[poisoned] == entry.target_class).all())
+            (True, True)
+        """
+        return _training_data(self.settings)[0]
 
 
 def _build_zoo() -> Tuple[ZooEntry, ...]:
