@@ -182,6 +182,58 @@ def test_success_confidence_counts_an_input_only_above_that_probability(clean):
     assert runs[0.99].tolist() == [256.0] * 4
 
 
+class PlacedAndAnywhere(nn.Module):
+    """Class 0 needs a green 4x4 cell at the top-left corner (a trigger learnt at one place), class 1
+    a red 4x4 cell anywhere (evidence that works at any place), class 2 wins on every unstamped input
+    and class 3 is never reached. Cells are the scan's grid at ``cells=4`` on 16 px."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(8.0))
+
+    def forward(self, x):
+        cells = nn.functional.avg_pool2d(x, 4)                                   # [N, 3, 4, 4]
+        placed = cells[:, 1, 0, 0] - cells[:, 0, 0, 0]
+        anywhere = (cells[:, 0] - cells[:, 1]).flatten(1).amax(1)
+        n = x.shape[0]
+        return torch.stack([30 * torch.sigmoid(self.gain * (placed - 0.5)),
+                            30 * torch.sigmoid(self.gain * (anywhere - 0.5)),
+                            torch.full((n,), 10.0), torch.full((n,), -10.0)], dim=1)
+
+
+def test_position_check_separates_a_placed_trigger_from_evidence_that_works_anywhere():
+    g = torch.Generator().manual_seed(0)
+    inputs = 0.3 + 0.2 * torch.rand(24, 3, SIZE, SIZE, generator=g)
+    opts = dict(n_steps=60, batch_size=12, check_every=4, cells=4, seed=0)
+    model = PlacedAndAnywhere()
+    plain = scan_for_backdoor(model, inputs[:1], clean_inputs=inputs, **opts)
+    checked = scan_for_backdoor(model, inputs[:1], clean_inputs=inputs, position_check=True, **opts)
+    # The check does not change the search: same stamps, same norms.
+    assert torch.equal(plain.trigger_masks, checked.trigger_masks)
+    assert "position_specificity" not in plain.statistics
+    norms, spec = checked.statistics["mask_l1"], checked.statistics["position_specificity"]
+    assert torch.equal(norms, plain.statistics["mask_l1"])
+    # Both stamps flip every input in place; moved by one cell, class 0's green cell leaves the corner
+    # and flips nothing, which counts as half an input of the 24 (0.5 / 24 / 1.0), while class 1's
+    # red cell still counts. Class 2 is every input's class already (moved or not) and class 3 is
+    # never reached: nothing to lose, 1.
+    assert checked.attack_success[:3].tolist() == [1.0, 1.0, 1.0] and checked.attack_success[3] == 0.0
+    assert spec[0] == pytest.approx(0.5 / 24) and spec[1] > 0.9 and spec[2:].tolist() == [1.0, 1.0]
+    assert torch.equal(checked.statistics["position_weighted_l1"], norms * spec)
+    # The decision is made on the weighted norms: their low-side index of the log values, floored.
+    logs = (norms * spec).double().log()
+    expected = mad_anomaly_index(logs, min_scale=0.1).float()
+    expected = torch.where(logs < logs.quantile(0.5), expected, torch.zeros_like(expected))
+    assert torch.allclose(checked.anomaly_index, expected)
+
+
+def test_position_check_is_one_where_moving_changes_nothing(clean):
+    # AlwaysClassZero: class 0 holds every input with or without a stamp, the others are never reached.
+    scan = scan_for_backdoor(AlwaysClassZero(), clean[:1], clean_inputs=clean[:8], seed=0, n_steps=4,
+                             check_every=2, batch_size=4, cells=SIZE, position_check=True)
+    assert scan.statistics["position_specificity"].tolist() == [1.0] * 4
+
+
 # ---------------------------------------------------------------- argument errors
 
 
@@ -218,6 +270,7 @@ SCAN_ONLY = [
     (dict(success_confidence=1.0), InvalidArgumentError, "success_confidence"),
     (dict(success_confidence=0.0), InvalidArgumentError, "success_confidence"),
     (dict(success_confidence=math.nan), InvalidArgumentError, "success_confidence"),
+    (dict(position_check="yes"), TypeError, "position_check"),
 ]
 
 
