@@ -105,11 +105,12 @@ def stamp(images: Tensor, masks: Tensor, patterns: Tensor) -> Tensor:
     return (1 - masks).unsqueeze(1) * images.unsqueeze(0) + (masks * patterns).unsqueeze(1)
 
 
-def low_side_index(values: Tensor) -> Tensor:
-    """MAD anomaly index of ``values``, kept only for values below the median (0 elsewhere)."""
-    index = mad_anomaly_index(values)
-    median = values.float().quantile(0.5)
-    return torch.where(values.float() < median, index, torch.zeros_like(index))
+def low_side_index(values: Tensor, min_scale: float = 0.0) -> Tensor:
+    """MAD anomaly index of ``values`` (scale floored at ``min_scale``), kept only
+    for values below the median (0 elsewhere)."""
+    values = values if values.is_floating_point() else values.float()
+    index = mad_anomaly_index(values, min_scale=min_scale)
+    return torch.where(values < values.quantile(0.5), index, torch.zeros_like(index))
 
 
 def flagged_classes(classes: Sequence[int], index: Tensor, threshold: float) -> List[int]:

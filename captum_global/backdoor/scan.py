@@ -33,13 +33,13 @@ from captum_global.backdoor._common import (
     count_classes,
     flagged_classes,
     localisation,
+    low_side_index,
     split_inputs,
     stamp,
 )
 from captum_global.backdoor._reverse import reverse_triggers
 from captum_global.backdoor.result import BackdoorScan
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
-from captum_global.metrics import mad_anomaly_index
 
 __all__ = ["scan_for_backdoor", "DEFAULTS"]
 
@@ -377,7 +377,5 @@ def _anomaly(norms: Tensor, classes: Sequence[int], untestable: Sequence[int], n
     index = torch.zeros(len(classes))
     if int(testable.sum()) < 3:
         return index
-    logs = norms[testable].double().log()
-    scores = mad_anomaly_index(logs, min_scale=noise_floor).float()
-    index[testable] = torch.where(logs < logs.quantile(0.5), scores, torch.zeros_like(scores))
+    index[testable] = low_side_index(norms[testable].double().log(), min_scale=noise_floor).float()
     return index
