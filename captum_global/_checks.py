@@ -28,6 +28,7 @@ __all__ = [
     "check_finite",
     "check_module",
     "check_model_output",
+    "check_model_weights",
     "check_finite_output",
 ]
 
@@ -109,6 +110,8 @@ def check_value_range(value: Any, argument: str = "value_range") -> Optional[Tup
 
 def check_finite(value: Tensor, argument: str) -> Tensor:
     """``value`` if every element is finite (integer and bool tensors always are)."""
+    if value.is_meta:
+        raise InvalidArgumentError(f"{argument} is on the 'meta' device: it has a shape but no values")
     if value.is_floating_point() or value.is_complex():
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
@@ -223,3 +226,31 @@ def check_finite_output(values: Tensor, what: str, where: str = "", examples: Op
                 "refusing to return a map built on it"
             )
     return values
+
+
+def check_model_weights(model: Any, argument: str = "forward_func", autograd: bool = False) -> None:
+    """Raise a clear error for a module whose weights cannot be run (or differentiated through).
+
+    A model built under ``torch.device("meta")`` (or loaded lazily) has
+    shapes but no data: every forward pass fails deep inside a layer with a
+    device mismatch. With ``autograd`` (methods that take gradients), weights
+    created under ``torch.inference_mode()`` are refused too: autograd
+    cannot save them for the backward pass. Callables that are not modules
+    are not inspected.
+    """
+    if not isinstance(model, nn.Module):
+        return
+    for kind, tensors in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in tensors:
+            if t.is_meta:
+                raise InvalidArgumentError(
+                    f"{argument} has its {kind} {name!r} on the 'meta' device (shapes only, no data), so it "
+                    "cannot be run; materialise the weights first (e.g. model.to_empty(device='cpu') followed "
+                    "by load_state_dict) and move the model to the inputs' device"
+                )
+            if autograd and t.is_inference():
+                raise InvalidArgumentError(
+                    f"{argument} has its {kind} {name!r} created under torch.inference_mode(): such tensors "
+                    "cannot take part in the gradient this method needs; build or load the model outside "
+                    "inference_mode (torch.no_grad() is fine)"
+                )

@@ -49,7 +49,9 @@ def preserved_model_state(
         for m, flag in zip(modules, training):
             m.training = flag
         for p, flag in zip(params, requires_grad):
-            p.requires_grad_(flag)
+            # only flags that changed: setting one, even unchanged, raises for weights made under inference_mode
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
 
 
 class HookBag:

@@ -21,11 +21,23 @@ from tqdm.auto import tqdm
 from captum_global._checks import check_finite_output, check_int, check_model_output
 from captum_global._compat import format_additional_forward_args
 from captum_global._targets import TargetIndex
+from captum_global.errors import InvalidArgumentError
 
-__all__ = ["ScoredChunk", "iter_scores", "score_all", "index_additional_args"]
+__all__ = ["ScoredChunk", "iter_scores", "score_all", "index_additional_args", "class_softmax"]
 
 Inputs = Union[Tensor, Tuple[Tensor, ...]]
 Build = Callable[[Tensor], Tuple[Inputs, Tensor, Any]]
+
+
+def class_softmax(output: Tensor, option: str, instead: str, dim: int = 1) -> Tensor:
+    """Softmax of ``[N, classes, ...]`` model outputs over ``dim``; refused for one
+    score per example (``[N]``), where a softmax would mix the examples.
+    ``option`` names the setting that asked for it, ``instead`` the one to use."""
+    if output.dim() < 2:
+        raise InvalidArgumentError(
+            f"{option} needs [N, classes] model outputs, got shape {tuple(output.shape)} (one score per "
+            f"example, a softmax over which would mix the examples); use {instead}")
+    return output.softmax(dim=dim)
 
 
 @dataclass

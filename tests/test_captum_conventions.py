@@ -4,7 +4,7 @@ Captum checks every attribution method with the same generic tests: no hook
 left on any module after a run or after an error (a bad target must raise
 ``AssertionError``), every target format equal to the per-example list,
 batch equal to per-example runs, NoiseTunnel wrapping, DataParallel and
-TorchScript models. These are our versions for SISE and
+TorchScript models. These are our versions for SISE, RISE and
 InputAgnosticSaliency (ClassWiseSynthesis where it applies: it explains a
 dataset, not inputs), on a tiny net with BatchNorm, so that a run that
 touched the running statistics would show.
@@ -19,11 +19,12 @@ from captum.attr import NoiseTunnel, Saliency
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from captum_global.attr import SISE, ClassWiseSynthesis, InputAgnosticSaliency
+from captum_global.attr import RISE, SISE, ClassWiseSynthesis, InputAgnosticSaliency
 from captum_global.errors import InvalidArgumentError
 
 N, CLASSES = 3, 4
 IAS_FAST = {"n_steps": 2, "samples_per_step": 2, "seed": 0}
+RISE_FAST = {"n_masks": 12, "perturbations_per_eval": 5}
 
 
 class ErrorModule(nn.Module):
@@ -57,6 +58,8 @@ def build(name, forward_func):
     """(attribution, fixed attribute keywords) for one of our methods."""
     if name == "SISE":
         return SISE(forward_func), {}
+    if name == "RISE":
+        return RISE(forward_func), dict(RISE_FAST)
     return InputAgnosticSaliency(forward_func), dict(IAS_FAST)
 
 
@@ -91,7 +94,7 @@ def attribute(name, model, inputs, target, noise_tunnel=False, **kwargs):
     return method.attribute(inputs, target=target, **fixed, **kwargs)
 
 
-METHODS = ["SISE", "InputAgnosticSaliency"]
+METHODS = ["SISE", "RISE", "InputAgnosticSaliency"]
 
 
 # ---------------------------------------------------------------- hooks and model state
@@ -285,3 +288,154 @@ def test_sise_target_list_tensor_array_and_tuples_agree(targets):
     expected = sise.attribute(inputs, target=targets)
     for same in (torch.tensor(targets), np.array(targets), [(t,) for t in targets]):
         torch.testing.assert_close(sise.attribute(inputs, target=same), expected, rtol=0, atol=1e-6)
+
+
+def test_rise_batching_knob_never_changes_the_result(model, inputs):
+    one = RISE(model).attribute(inputs, target=[1, 2, 0], n_masks=130, perturbations_per_eval=1)
+    many = RISE(model).attribute(inputs, target=[1, 2, 0], n_masks=130, perturbations_per_eval=1000)
+    torch.testing.assert_close(one, many, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- global random state, grad modes, devices
+
+
+class MCDropoutNet(nn.Module):
+    """Monte-Carlo dropout: the forward pass draws from the global RNG, whatever the training flag."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_net()
+
+    def forward(self, x):
+        return self.net(nn.functional.dropout(x, 0.2, training=True))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_model_drawing_from_the_global_rng_leaves_it_as_found(name, inputs):
+    """The caller's global RNG is restored after a run and after an error, and two runs agree."""
+    model = MCDropoutNet()
+    state = torch.get_rng_state()
+    first = attribute(name, model, inputs, [1, 2, 0])
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(attribute(name, model, inputs, [1, 2, 0]), first, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="target"):
+        attribute(name, model, inputs, 9999)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_same_result_under_no_grad_and_inference_mode(name, model, inputs):
+    expected = attribute(name, model, inputs, [1, 2, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(attribute(name, model, inputs, [1, 2, 0]), expected, rtol=0, atol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(attribute(name, model, inputs, [1, 2, 0]), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_meta_model_and_meta_inputs_are_named(name, model, inputs):
+    with pytest.raises(InvalidArgumentError, match="forward_func.*'meta' device"):
+        attribute(name, tiny_net().to("meta"), inputs, [1, 2, 0])
+    with pytest.raises(InvalidArgumentError, match="inputs.*'meta' device"):
+        attribute(name, model, inputs.to("meta"), [1, 2, 0])
+
+
+@pytest.mark.parametrize("name", ["SISE", "InputAgnosticSaliency"])
+def test_gradient_methods_name_weights_made_under_inference_mode(name, inputs):
+    with torch.inference_mode():
+        frozen = tiny_net()
+    with pytest.raises(InvalidArgumentError, match="forward_func.*inference_mode"):
+        attribute(name, frozen, inputs, [1, 2, 0])
+    # RISE needs no gradient: it runs such a model
+    assert RISE(frozen).attribute(inputs, target=[1, 2, 0], **RISE_FAST).shape == inputs.shape
+
+
+# ---------------------------------------------------------------- no signal
+
+
+class FrozenConstant(nn.Module):
+    """Runs its layers but ignores them: no autograd path from the input to the output at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_net()
+
+    def forward(self, x):
+        self.net(x)
+        return torch.tensor([0.5, 1.0, -2.0, 3.0]).expand(x.shape[0], CLASSES)
+
+
+class ConnectedConstant(nn.Module):
+    """Ignores its input, but the output stays in the autograd graph of the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_net()
+
+    def forward(self, x):
+        return self.net(x) * 0 + torch.tensor([0.5, 1.0, -2.0, 3.0])
+
+
+@pytest.mark.parametrize("constant", [FrozenConstant, ConnectedConstant])
+@pytest.mark.parametrize("name", METHODS)
+def test_a_model_that_ignores_its_input_gets_all_zero_maps(name, constant, inputs):
+    maps = attribute(name, constant(), inputs, [1, 2, 0])
+    assert torch.equal(maps, torch.zeros_like(inputs))
+
+
+class ScaledLinear(nn.Module):
+    """``s_i * <w, x_i>``: linear in the input, per-example scale as a forward argument."""
+
+    def __init__(self, size=8):
+        super().__init__()
+        self.w = torch.linspace(-1.0, 1.0, 3 * size * size).view(1, 3, size, size)
+
+    def forward(self, x, scale):
+        return ((x * self.w).flatten(1).sum(1) * scale).unsqueeze(1)
+
+
+def test_rise_no_signal_example_is_zero_and_the_others_are_its_formula():
+    """Example 0 has scale 0 (every masked score equal): zero map. Example 1 is sum_i f(x M_i) M_i / (n p1)."""
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    scale = torch.tensor([0.0, 1.5])
+    settings_ = dict(n_masks=30, p1=0.5, seed=2**63 - 1)  # the largest seed check_seed accepts
+    got = RISE(ScaledLinear()).attribute(x, target=None, additional_forward_args=(scale,), apply_softmax=False,
+                                         perturbations_per_eval=7, **settings_)
+    masks = torch.cat(list(RISE.masks(8, 8, **settings_)))
+    scores = ScaledLinear()(x[1] * masks, scale[1])  # [30, 1]
+    expected = (scores.view(-1, 1, 1, 1) * masks).sum(0) / (30 * 0.5)
+    assert torch.equal(got[0], torch.zeros_like(got[0]))
+    torch.testing.assert_close(got[1], expected.expand(3, 8, 8), rtol=0, atol=1e-5)
+
+
+def test_rise_masks_that_keep_everything_carry_no_signal(model, inputs):
+    """p1 = 1 keeps every cell: every mask is all ones (up to the upsampling's round-off), every score
+    the same, so the map is zero rather than the masks' coverage times the score."""
+    masks = torch.cat(list(RISE.masks(16, 16, n_masks=5, p1=1.0)))
+    torch.testing.assert_close(masks, torch.ones_like(masks), rtol=0, atol=1e-6)
+    assert torch.equal(RISE(model).attribute(inputs, target=1, n_masks=5, p1=1.0), torch.zeros_like(inputs))
+
+
+class OneScore(nn.Module):
+    """One score per example, shape [N]."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_net()
+
+    def forward(self, x):
+        return self.net(x)[:, 0]
+
+
+def test_softmax_over_one_score_per_example_is_refused(inputs):
+    """A softmax over an [N] output would run across the batch and mix the examples."""
+    with pytest.raises(InvalidArgumentError, match="score='softmax'.*\\[N, classes\\]"):
+        SISE(OneScore()).attribute(inputs, score="softmax")
+    with pytest.raises(InvalidArgumentError, match="apply_softmax.*\\[N, classes\\]"):
+        RISE(OneScore()).attribute(inputs, n_masks=4)
+    # the raw score is fine; with target=None it is the [N] output itself
+    x0 = inputs[:1]
+    got = RISE(OneScore()).attribute(inputs, apply_softmax=False, **RISE_FAST)
+    torch.testing.assert_close(got[:1], RISE(OneScore()).attribute(x0, apply_softmax=False, **RISE_FAST))
+    got = SISE(OneScore()).attribute(inputs)
+    torch.testing.assert_close(got[:1], SISE(OneScore()).attribute(x0), rtol=0, atol=1e-6)

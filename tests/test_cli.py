@@ -351,3 +351,196 @@ def test_small_demo_writes_pictures_and_table(tmp_path):
     for row in summary["explanations"]:
         assert 0.0 <= row["EBPG"] <= 1.0 and row["seconds_per_image"] > 0
     assert (tmp_path / "gallery_vgg.png").stat().st_size > 10_000
+
+
+# ---- found by an adversarial sweep: user mistakes that used to end in a traceback ----
+
+_USER_CODE = '''
+import torch
+from torch import nn
+
+
+def grey(num_classes=3):
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+
+def colour(num_classes=3):
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+
+def needs_width(width):
+    return colour()
+
+
+def broken(num_classes=3):
+    raise ValueError("bug in the user's code")
+
+
+class FixedSize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = colour()
+
+    def forward(self, x):
+        torch._assert(x.shape[-1] == 224, "Wrong image size! Expected 224")
+        return self.net(x)
+'''
+
+
+@pytest.fixture
+def user_code(tmp_path, monkeypatch):
+    """A module of the user's own architectures on the Python path, and a state dict of ``colour``."""
+    (tmp_path / "sweep_user_nets.py").write_text(_USER_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("sweep_user_nets")
+    torch.manual_seed(0)
+    save_file(module.colour().state_dict(), str(tmp_path / "colour.safetensors"))
+    yield tmp_path
+    sys.modules.pop("sweep_user_nets", None)
+
+
+def test_an_entry_point_that_fails_when_called_is_a_usage_error(user_code, capsys):
+    weights = str(user_code / "colour.safetensors")
+    for arch, message in (("sweep_user_nets:needs_width", "missing 1 required positional argument: 'width'"),
+                          ("sweep_user_nets:broken", "ValueError: bug in the user's code")):
+        err = usage_error(["layers", arch], capsys)
+        assert f"arch={arch!r}: calling it failed" in err and message in err
+        err = usage_error(["scan", "--model", weights, "--arch", arch, "--input-shape", "3,16,16",
+                           "--out", str(user_code / "out")], capsys)
+        assert "calling it failed" in err and message in err
+    assert not (user_code / "out").exists()
+
+
+def test_layers_of_a_grey_or_fixed_size_model(user_code, capsys):
+    err = usage_error(["layers", "sweep_user_nets:grey"], capsys)
+    assert "does not run on a 3x64x64 input" in err and "--channels" in err
+    assert main(["layers", "sweep_user_nets:grey", "--channels", "1", "--size", "16"]) == 0
+    assert capsys.readouterr().out.split()  # one layer per block
+    # an AssertionError of the model (torchvision's ViT checks its input size so) is a usage error too
+    err = usage_error(["layers", "sweep_user_nets:FixedSize"], capsys)
+    assert "does not run on a 3x64x64 input (Wrong image size! Expected 224)" in err
+    assert "argument --channels: must be between 1 and 64, got 0" in usage_error(
+        ["layers", "vgg", "--channels", "0"], capsys)
+
+
+def test_lists_that_start_with_a_negative_number_are_values(capsys):
+    parser = build_parser()
+    args = parser.parse_args(["scan", "--value-range", "-1,1", "--mean", "-0.5,0,0.5", "--std", "1e-1"])
+    assert args.value_range == [-1.0, 1.0] and args.mean == [-0.5, 0.0, 0.5]
+    assert "argument --threshold: must be finite, got -inf" in usage_error(["scan", "--threshold", "-inf"], capsys)
+    assert "argument --classes: must be >= 0, got -1" in usage_error(["scan", "--classes", "-1,0,1"], capsys)
+    assert "argument --target: must be >= 0, got -3" in usage_error(
+        ["explain", "--method", "saliency", "--images", ".", "--out", "x", "--target", "-3"], capsys)
+
+
+def test_user_model_with_a_negative_value_range_scans(user_code, tmp_path, capsys):
+    out = tmp_path / "scan"
+    argv = ["scan", "--model", str(user_code / "colour.safetensors"), "--arch", "sweep_user_nets:colour",
+            "--input-shape", "3,16,16", "--value-range", "-1,1", "--steps", "1", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert json.loads((out / "scan.json").read_text())["model"]["value_range"] == [-1.0, 1.0]
+
+
+def test_a_pickle_named_safetensors_is_refused_and_never_runs(user_files, tmp_path, capsys):
+    # torch.load hands a '.safetensors' name to safetensors, whose error used to escape as a traceback
+    disguised = tmp_path / "weights.safetensors"
+    disguised.write_bytes((user_files / "evil.pt").read_bytes())
+    import pickle
+
+    class RunsCodeOnLoad:
+        def __reduce__(self):
+            return (builtins.exec, (f"open({str(tmp_path / 'pwned')!r}, 'w').write('x')",))
+
+    plain = tmp_path / "plain.safetensors"
+    plain.write_bytes(pickle.dumps(RunsCodeOnLoad()))
+    for path in (disguised, plain):
+        err = usage_error(["scan", "--model", str(path), "--arch", "vgg", "--input-shape", "3,64,64",
+                           "--out", str(tmp_path / "r")], capsys)
+        assert "never unpickles arbitrary Python objects" in err
+    assert not (tmp_path / "pwned").exists() and not (user_files / "pwned").exists()
+
+
+def test_method_args_the_method_refuses_are_usage_errors(user_files, tmp_path, capsys):
+    images = str(user_files / "clean.safetensors")
+    base = ["explain", "--images", images, "--quiet"]
+    err = usage_error(base + ["--method", "Saliency", "--method-args", '{"bogus": 1}', "--out", str(tmp_path / "a")],
+                      capsys)
+    assert "attribute_kwargs ['bogus'] (--method-args on the command line): Saliency.attribute does not take it" in err
+    assert "'abs'" in err and not (tmp_path / "a").exists()  # refused before the folder is made
+    err = usage_error(base + ["--method", "IntegratedGradients", "--method-args", '{"n_steps": 0}',
+                              "--out", str(tmp_path / "b")], capsys)
+    assert "attribute_kwargs {'n_steps': 0}" in err and "larger than zero" in err
+    err = usage_error(base + ["--method", "IntegratedGradients", "--method-args", '{"n_steps": "x"}',
+                              "--out", str(tmp_path / "c")], capsys)
+    assert "attribute_kwargs {'n_steps': 'x'}" in err and "TypeError" in err
+    err = usage_error(base + ["--method", "Saliency", "--method-args", '{"target": 1}', "--out", str(tmp_path / "d")],
+                      capsys)
+    assert "must not set ['target']" in err
+
+
+def test_bad_tensor_and_label_files_are_usage_errors(user_files, user_code, tmp_path, capsys):
+    model = ["--model", str(user_code / "colour.safetensors"), "--arch", "sweep_user_nets:colour",
+             "--input-shape", "3,8,8"]
+    torch.save(torch.zeros(0, 3, 8, 8), tmp_path / "none.pt")
+    torch.save(torch.full((2, 3, 8, 8), 2.0), tmp_path / "range.pt")
+    nan = torch.rand(2, 3, 8, 8)
+    nan[1, 0, 0, 0] = float("nan")
+    torch.save(nan, tmp_path / "nan.pt")
+    explain = ["explain", "--method", "Saliency", *model, "--out", str(tmp_path / "o"), "--images"]
+    assert "holds no images (shape (0, 3, 8, 8))" in usage_error(explain + [str(tmp_path / "none.pt")], capsys)
+    assert "--images must hold finite images in [0, 1], got values in [2, 2]" in usage_error(
+        explain + [str(tmp_path / "range.pt")], capsys)
+    assert "--images holds NaN or infinite values" in usage_error(explain + [str(tmp_path / "nan.pt")], capsys)
+    scan = ["scan", *model, "--out", str(tmp_path / "o"), "--clean"]
+    assert "holds no images (shape (0, 3, 8, 8))" in usage_error(scan + [str(tmp_path / "none.pt")], capsys)
+    torch.save(torch.rand(1, 3, 8, 8), tmp_path / "one.pt")
+    assert "--clean must give at least 2 clean images, got 1" in usage_error(scan + [str(tmp_path / "one.pt")], capsys)
+    torch.save(torch.rand(5, 3, 8, 8), tmp_path / "five.pt")
+    assert "got 1 (from the folder or file, after --max-clean)" in usage_error(
+        scan + [str(tmp_path / "five.pt"), "--max-clean", "1"], capsys)
+    err = usage_error(["explain", "--method", "Saliency", *model, "--images", str(user_files / "imgs"),
+                       "--labels", str(user_code / "colour.safetensors"), "--out", str(tmp_path / "o")], capsys)
+    assert "is not a text file" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_scan_user_models_on_a_folder_of_mixed_images(user_code, tmp_path, capsys):
+    """A TorchScript file, a torchvision state dict and an entry point, on RGBA, grey, 16-bit and palette images."""
+    import torchvision
+
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 30, 4), dtype=np.uint8), "RGBA").save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8), "L").save(folder / "b.png")
+    Image.fromarray(rng.integers(0, 65535, (24, 24), dtype=np.uint16)).save(folder / "c.png")
+    Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8), "L").convert("P").save(folder / "d.gif")
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / "e.jpg")
+    torch.manual_seed(0)
+    scripted = tmp_path / "net.pt"
+    with pytest.warns(FutureWarning):
+        torch.jit.script(torchvision.models.resnet18(weights=None, num_classes=4).eval()).save(str(scripted))
+    resnet = tmp_path / "resnet.pt"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=4).state_dict(), resnet)
+    runs = {
+        "script": ["--model", str(scripted), "--input-shape", "3,32,32", "--method", "both"],
+        "torchvision": ["--model", str(resnet), "--arch", "resnet18", "--num-classes", "4", "--input-shape",
+                        "3,32,32", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"],
+        "entry": ["--model", str(user_code / "colour.safetensors"), "--arch", "sweep_user_nets:colour",
+                  "--input-shape", "3,16,24"],
+    }
+    for name, model in runs.items():
+        out = tmp_path / name
+        assert main(["scan", *model, "--clean", str(folder), "--classes", "0,1,2", "--steps", "1",
+                     "--out", str(out), "--quiet"]) == 0, name
+        report = json.loads((out / "scan.json").read_text())
+        assert report["settings"]["clean_samples"] == 5
+        methods = ["ours", "neural-cleanse"] if name == "script" else ["ours"]
+        assert sorted(report["methods"]) == sorted(methods)
+        assert {p.name for p in out.iterdir()} == {"scan.json"} | {f"{k}_{m}.png" for k in ("maps", "trigger")
+                                                                   for m in methods}
+    capsys.readouterr()

@@ -114,6 +114,33 @@ def test_objects_callables_and_attribute_kwargs(tmp_path):
     assert "NeuronGradient" not in method_names() and "NoiseTunnel" not in method_names()
 
 
+
+def test_attribute_kwargs_the_method_refuses_name_attribute_kwargs(tmp_path):
+    """An unknown keyword or a value Captum asserts on used to escape as a bare TypeError / AssertionError."""
+    from captum.attr import NoiseTunnel
+
+    from captum_global.errors import InvalidArgumentTypeError
+
+    model, x = tiny(), images(2)
+    with pytest.raises(InvalidArgumentTypeError, match=r"attribute_kwargs \['bogus'\].*does not take it; it takes "
+                                                       r"\['abs', 'additional_forward_args'\]"):
+        explain_dataset(model, "Saliency", x, tmp_path / "a", attribute_kwargs={"bogus": 1})
+    assert not (tmp_path / "a").exists()  # refused before the folder is made
+    with pytest.raises(InvalidArgumentTypeError, match="does not take them"):
+        explain_dataset(model, IntegratedGradients(model), x, tmp_path / "b", attribute_kwargs={"m": 1, "k": 2})
+    with pytest.raises(InvalidArgumentError, match=r"must not set \['target'\]"):
+        explain_dataset(model, "Saliency", x, tmp_path / "c", attribute_kwargs={"target": 0})
+    with pytest.raises(InvalidArgumentError, match=r"attribute_kwargs \{'n_steps': 0\}.*IntegratedGradients.attribute "
+                                                   r"failed with them: AssertionError"):
+        explain_dataset(model, "IntegratedGradients", x, tmp_path / "d", attribute_kwargs={"n_steps": 0})
+    with pytest.raises(InvalidArgumentTypeError, match=r"failed with them: TypeError"):
+        explain_dataset(model, "IntegratedGradients", x, tmp_path / "e", attribute_kwargs={"n_steps": "x"})
+    # a method with **kwargs (NoiseTunnel) takes what its inner method takes
+    tunnel = explain_dataset(model, NoiseTunnel(Saliency(model)), x, tmp_path / "f", seed=3,
+                             attribute_kwargs={"nt_type": "smoothgrad", "nt_samples": 2, "stdevs": 0.1})
+    assert tunnel.maps().shape == x.shape
+
+
 def test_sise_by_name_on_a_reference_model(tmp_path):
     from captum_global.attr import SISE
     from captum_global.world import load_reference_model, make_dataset

@@ -414,3 +414,64 @@ def test_backdoor_target_class_singled_out():
         others = torch.cat([share[:target], share[target + 1:]])
         assert int(share.argmax()) == target, seed
         assert share[target] > 1.5 * others.mean(), seed
+
+
+class LeftColumns(nn.Module):
+    """A linear classifier that reads only the 4 left columns of an 8 x 8 image."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(3 * 8 * 4, 3).to(dtype)
+
+    def forward(self, x):
+        return self.lin(x[..., :4].flatten(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_first_step_by_hand(dtype):
+    """One linf step from rho = 0 moves every pixel with a gradient by -step * radius * sign(g) and
+    leaves the pixels the model never reads at exactly 0. In half precision Adam's eps (1e-8)
+    underflows: 0 / (0 + eps) used to be NaN there, which the model then 'returned'."""
+    model = LeftColumns(dtype).eval()
+    x = torch.zeros(2, 3, 8, 8, dtype=dtype)
+    kwargs = dict(samples_per_step=4, seed=0, norm="linf", radius=1.0, step_size=0.25, value_range=None,
+                  refine="none", distribution="uniform")
+    _, rho = InputAgnosticSaliency(model).attribute(x, target=[0, 2], n_steps=1, return_perturbation=True, **kwargs)
+    assert rho.dtype == dtype
+    assert torch.equal(rho[..., 4:], torch.zeros_like(rho[..., 4:]))
+    pts = uniform_draw(4, (3, 8, 8), torch.Generator().manual_seed(0)).to(dtype)
+    weights = model.lin.weight.float().view(3, 3, 8, 4)
+    for row, cls in enumerate([0, 2]):
+        # d CE / d x of a linear model: sum_j (p_j - [j = cls]) w_j, averaged over the samples
+        p = model(pts).float().softmax(1)
+        g = torch.einsum("bj,jchw->chw", p - F.one_hot(torch.tensor(cls), 3).float(), weights) / 4
+        torch.testing.assert_close(rho[row, ..., :4].float(), -0.25 * g.sign(), rtol=0, atol=0)
+    maps = InputAgnosticSaliency(model).attribute(x, target=[0, 2], n_steps=4, **kwargs)
+    assert maps.dtype == dtype and bool(torch.isfinite(maps).all())
+
+
+def test_model_that_drops_the_batch_dimension_is_named(net):
+    class FirstRowOnly(nn.Module):
+        def forward(self, x):
+            return net(x)[:1]
+
+    with pytest.raises(InvalidArgumentError, match="forward_func must return \\[batch, classes\\].*one row per input"):
+        InputAgnosticSaliency(FirstRowOnly()).attribute(torch.zeros(2, 3, 8, 8), target=0, **FAST)
+
+
+def test_output_that_moves_without_a_gradient_is_named():
+    """A thresholded (one-hot) decision: the output changes with the input but no gradient reaches it."""
+
+    class OneHot(nn.Module):
+        def forward(self, x):
+            return F.one_hot((x[:, 0, 0, 0] > 0.5).long(), 4).float()
+
+    with pytest.raises(InvalidArgumentError, match="forward_func's output changes with its inputs but has no gradient"):
+        InputAgnosticSaliency(OneHot()).attribute(torch.zeros(1, 3, 8, 8), target=0,
+                                                  **dict(FAST, samples_per_step=8, distribution="uniform"))
+
+
+def test_forward_func_must_be_callable():
+    with pytest.raises(TypeError, match="forward_func must be callable"):
+        InputAgnosticSaliency("model")

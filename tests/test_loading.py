@@ -289,3 +289,73 @@ def test_image_files_order_values_resize_and_labels(tmp_path):
         ImageFiles(tmp_path / "empty")
     with pytest.raises(InvalidArgumentError, match="no such folder"):
         ImageFiles(tmp_path / "absent")
+
+
+def test_wide_images_are_scaled_not_clipped_at_255(tmp_path):
+    """16-bit grey PNGs and float TIFFs used to come out (almost) all white or all black."""
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    grey16 = np.array([[0, 16384], [32768, 65535]], dtype=np.uint16)
+    Image.fromarray(grey16).save(folder / "a16.png")
+    Image.fromarray(np.array([[0.0, 0.25], [0.5, 2.0]], dtype=np.float32), mode="F").save(folder / "b_float.tif")
+    Image.fromarray(np.array([[0, 255], [128, 64]], dtype=np.uint8), mode="L").save(folder / "c8.png")
+    Image.fromarray(np.full((2, 2, 4), (255, 0, 0, 0), dtype=np.uint8), mode="RGBA").save(folder / "d_rgba.png")
+    with Image.open(folder / "a16.png") as opened:
+        assert opened.mode.startswith("I")  # what Pillow opens a 16-bit PNG as
+    grey = ImageFiles(folder, channels=1)
+    assert grey.names == ["a16.png", "b_float.tif", "c8.png", "d_rgba.png"]
+    assert torch.allclose(grey[0][0], torch.from_numpy(grey16 / 65535.0).float())
+    assert torch.allclose(grey[1][0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]))  # clipped to [0, 1]
+    assert torch.allclose(grey[2][0], torch.tensor([[0, 255], [128, 64]]) / 255.0)
+    colour = ImageFiles(folder)
+    assert all(colour[i].shape == (3, 2, 2) and colour[i].dtype == torch.float32 for i in range(4))
+    assert torch.equal(colour[0][0], colour[0][2]) and torch.allclose(colour[0][1], grey[0][0])
+    assert colour[3][:, 0, 0].tolist() == [1.0, 0.0, 0.0]  # alpha dropped
+    resized = ImageFiles(folder, size=(4, 3), channels=1)
+    assert resized[0].shape == (1, 4, 3) and 0.0 <= float(resized[0].min()) and float(resized[0].max()) <= 1.0
+    assert float(resized[0].mean()) > 0.3  # not clipped to white (1.0) nor black
+
+
+def test_unreadable_label_files_and_images_are_argument_errors(tmp_path):
+    write_images(tmp_path / "imgs", count=2)
+    (tmp_path / "labels.bin").write_bytes(b"\x80\x81\xfe" * 10)
+    with pytest.raises(InvalidArgumentError, match="is not a text file"):
+        ImageFiles(tmp_path / "imgs", labels=tmp_path / "labels.bin")
+    (tmp_path / "bom.csv").write_text("\ufefffile,label\nim0.png,1\nim1.png,0\n", encoding="utf-8")
+    assert ImageFiles(tmp_path / "imgs", labels=tmp_path / "bom.csv").labels == [1, 0]  # a spreadsheet's BOM
+    (tmp_path / "imgs" / "im2.png").write_bytes(b"not a png")
+    files = ImageFiles(tmp_path / "imgs")
+    with pytest.raises(InvalidArgumentError, match="cannot read .*im2.png"):
+        files[2]
+
+
+def test_an_entry_point_that_raises_names_the_arch(tmp_path, monkeypatch):
+    module = type(sys)("_raising_arch")
+
+    def needs_width(width):
+        return tiny_net()
+
+    def broken(num_classes=3):
+        raise RuntimeError("CUDA is not available in the user's code")
+
+    module.needs_width, module.broken = needs_width, broken
+    monkeypatch.setitem(sys.modules, "_raising_arch", module)
+    with pytest.raises(InvalidArgumentError, match=r"arch='_raising_arch:needs_width': calling it failed: "
+                                                   r"TypeError: .*'width'"):
+        build_architecture("_raising_arch:needs_width")
+    path = tmp_path / "w.safetensors"
+    save_file(tiny_net().state_dict(), str(path))
+    with pytest.raises(InvalidArgumentError, match=r"calling it with num_classes=3 failed: RuntimeError: CUDA"):
+        load_model(path, arch="_raising_arch:broken", num_classes=3)
+
+
+def test_a_pickle_named_safetensors_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    for name, data in (("a.safetensors", pickle.dumps({"fc.weight": RunsCodeOnLoad(marker)})),
+                       ("b.safetensors", pickle.dumps(RunsCodeOnLoad(marker)))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        for call in (lambda: load_model(path, arch="resnet18"), lambda: load_tensor(path)):
+            with pytest.raises(InvalidArgumentError, match="never unpickles arbitrary Python objects"):
+                call()
+    assert not marker.exists()

@@ -546,6 +546,33 @@ def test_backdoor_metrics_refuse_bad_regions_and_options_by_name():
     assert trigger_energy_share(low, corner, normalize=False).item() > 0.5
 
 
+
+def test_soft_or_non_finite_trigger_masks_are_refused_not_binarised():
+    """``.bool()`` made every nonzero pixel of a soft mask part of the region: the share then read near 1."""
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0, 0] = 1.0
+    maps[0, 3, 3] = 3.0
+    soft = torch.full((4, 4), 0.01)  # e.g. a reversed trigger mask, nonzero everywhere
+    soft[0, 0] = 0.9
+    for call in (lambda m: trigger_energy_share(maps, m), lambda m: trigger_iou(maps, m)):
+        for bad in (soft, torch.full((4, 4), float("nan"))):
+            with pytest.raises(InvalidArgumentError, match="trigger_mask must be bool or hold only 0 and 1"):
+                call(bad)
+    # 0/1 numbers are a region, as for the localisation metrics: by hand 1 / (1 + 3) and 1 / (2 - 1)
+    region = (soft > 0.5).float()
+    assert torch.allclose(trigger_energy_share(maps, region, normalize=False), torch.tensor([0.25]))
+    assert trigger_iou(maps, region).tolist() == [0.0]  # the top pixel (3.0) is outside
+    assert trigger_iou(maps * torch.tensor([1.0, 0.0]).repeat(8).view(4, 4), region).tolist() == [1.0]
+
+
+def test_trigger_iou_and_leave_one_out_refuse_wrong_types_by_name():
+    region = torch.ones(2, 2, dtype=torch.bool)
+    with pytest.raises(InvalidArgumentTypeError, match="attributions must hold real numbers, got dtype torch.bool"):
+        trigger_iou(torch.ones(1, 2, 2, dtype=torch.bool), region)
+    with pytest.raises(InvalidArgumentTypeError, match="leave_one_out"):
+        mad_anomaly_index(torch.tensor([1.0, 2.0, 3.0]), leave_one_out="yes")
+
+
 # ---------------------------------------------------------------- errors
 
 def test_errors_name_the_argument():

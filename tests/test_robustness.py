@@ -381,3 +381,31 @@ def test_fooling_benchmark_smoke(tmp_path):
     assert len(entry["rows"]) == 2 * 3 + 3 * 3 and all(0 <= r["success_rate"] <= 1 for r in entry["rows"])
     assert all("blocks" in r for r in entry["rows"] if r["method"] == "sise" and r["fooling"] != "active")
     assert (tmp_path / "smoke.md").is_file() and (tmp_path / "fooling_vgg_grad_cam.png").is_file()
+
+
+def test_measures_refuse_non_finite_and_non_tensor_maps_by_name():
+    """NaN maps used to give a silent 0 (rank correlation) or NaN statistic; a list an AttributeError."""
+    from captum_global.robustness import center_of_mass, location_loss, rank_correlation, top_k_overlap
+
+    good = torch.rand(2, 4, 4)
+    bad = good.clone()
+    bad[1, 2, 2] = float("nan")
+    cases = [
+        (lambda: rank_correlation(bad, good), "maps"),
+        (lambda: rank_correlation(good, bad), "reference"),
+        (lambda: location_loss(bad, border_region(4, 4, 0.25)), "maps"),
+        (lambda: top_k_overlap(good, torch.full_like(good, float("inf"))), "maps"),
+        (lambda: center_of_mass(bad), "maps"),
+    ]
+    for call, name in cases:
+        with pytest.raises(InvalidArgumentError, match=f"{name} must be finite"):
+            call()
+    with pytest.raises(InvalidArgumentTypeError, match="maps must be a tensor"):
+        center_of_mass([[1.0, 2.0]])
+    with pytest.raises(InvalidArgumentError, match=r"maps must have shape \[N, H, W\] or \[N, C, H, W\]"):
+        center_of_mass(torch.rand(4, 4))
+    with pytest.raises(InvalidArgumentError, match="height must be >= 1"):
+        border_region(0, 4)
+    # by hand: centre of mass of the min-max normalised [[1, 2], [3, 4]] -> [[0, 1/3], [2/3, 1]]
+    com = center_of_mass(torch.tensor([[[1.0, 2.0], [3.0, 4.0]]]))
+    assert torch.allclose(com, torch.tensor([[(0.25 / 3 + 0.75 * 5 / 3) / 2, (0.25 * 2 / 3 + 0.75 * 4 / 3) / 2]]))

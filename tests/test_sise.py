@@ -147,6 +147,29 @@ def test_block_maps_equal_hand_computed_paper_steps(net, score):
         torch.testing.assert_close(got[0, 0], want, atol=1e-5, rtol=0)
 
 
+def _conv_relu_net(inplace):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(inplace=inplace),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+    ).eval()
+
+
+def test_layer_followed_by_an_inplace_relu_is_read_before_it():
+    """Named convolutions followed by ReLU(inplace=True): SISE reads each convolution's own output and
+    its gradient (the paper's steps by hand, on the same weights with out-of-place ReLUs), not the
+    activations the in-place ReLU wrote over them."""
+    x, target = _x(n=1, seed=4), 1
+    inplace, plain = _conv_relu_net(True), _conv_relu_net(False)
+    _, maps = SISE(inplace, ["0", "3"]).attribute(x, target=target, similarity_threshold=None,
+                                                   return_layer_maps=True)
+    expected = _reference_sise(plain, [plain[0], plain[3]], x, target, "logit")
+    for got, want in zip(maps.values(), expected):
+        torch.testing.assert_close(got[0, 0], want, atol=1e-5, rtol=0)
+    assert _clean(inplace)
+
+
 class _TwoMaps(nn.Module):
     """A 1 x 3 image of two channels; an identity 1x1 conv hands them to a linear head."""
 

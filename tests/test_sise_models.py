@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from captum.attr import NoiseTunnel
 from captum.attr import visualization as viz
 from captum.metrics import infidelity, sensitivity_max
@@ -238,3 +239,53 @@ def test_bad_inputs_and_layers(net):
     assert _clean(net) and _clean(mlp)
 
 
+
+
+class _FrozenBackbone(nn.Module):
+    """Transfer learning: the backbone runs under torch.no_grad(), only the head has gradients."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(6, 3))
+
+    def forward(self, x):
+        with torch.no_grad():
+            features = self.backbone(x)
+        return self.head(features)
+
+
+def test_layers_run_without_autograd_are_named():
+    """No gradient reaches a layer computed under no_grad: the error names that layer, not ``score``."""
+    model = _FrozenBackbone().eval()
+    with pytest.raises(InvalidArgumentError, match=r"layers: \['backbone.1'\] run without autograd"):
+        SISE(model).attribute(_x(n=1), target=0)
+    assert _clean(model)
+    # the layers after the no_grad block work, and give the map of the same layer in the plain model
+    head_only = SISE(model, ["head.1"]).attribute(_x(n=1), target=0)
+    plain = nn.Sequential(model.backbone, model.head).eval()
+    torch.testing.assert_close(head_only, SISE(plain, ["1.1"]).attribute(_x(n=1), target=0))
+
+
+def test_output_without_gradient_path_falls_back_on_the_scores():
+    """A model ending in a non-differentiable step (one-hot of the argmax) has zero gradient
+    everywhere: no map passes the filter, each layer falls back on one map and the masked scores
+    decide; the result is the same as with a score whose gradient is exactly zero."""
+    torch.manual_seed(0)
+    net = Net().eval()
+
+    class OneHot(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return F.one_hot(self.net(x).argmax(1), 3).float()
+
+    x = _x(n=2)
+    got = SISE(OneHot().eval()).attribute(x, target=[0, 1])
+    # the same one-hot computed with a zero-gradient path through the logits
+    flat = SISE(net).attribute(x, target=[0, 1], score=lambda out: out * 0 + F.one_hot(out.argmax(1), 3).float())
+    torch.testing.assert_close(got, flat)

@@ -189,13 +189,24 @@ def class_loss_gradient(
     args = points if additional_forward_args is None else points + tuple(additional_forward_args)
     with torch.enable_grad():
         logits = check_model_output(forward_func(*args))
-        if logits.dim() != 2:
+        if logits.dim() != 2 or logits.shape[0] != points[0].shape[0]:
             raise InvalidArgumentError(
-                f"forward_func must return [batch, classes] scores, got shape {tuple(logits.shape)}"
+                f"forward_func must return [batch, classes] scores, one row per input: got shape "
+                f"{tuple(logits.shape)} for {points[0].shape[0]} inputs"
             )
         check_finite_output(logits.detach(), what, where)
+        if not logits.requires_grad:
+            # no autograd path from the points to the output: fine for a model that ignores its
+            # input (no signal, zero gradient), an error for one whose output moves with it
+            if _output_varies(points, logits.detach()):
+                raise InvalidArgumentError(
+                    f"forward_func's output changes with its inputs but has no gradient with respect to them "
+                    f"(torch.no_grad(), .detach() or argmax inside forward?); {what} follows that gradient"
+                )
+            return tuple(torch.zeros_like(p) for p in points), False
         loss = F.cross_entropy(logits.float(), targets.to(logits.device), reduction="sum")
-        grads = torch.autograd.grad(loss, points)
+        grads = torch.autograd.grad(loss, points, allow_unused=True)
+    grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(points, grads))
     grads = tuple(g.detach() for g in grads)
     for g in grads:
         check_finite_output(g, what, f"{where} (gradient)")
@@ -233,7 +244,10 @@ def optimise_perturbations(
     betas, eps, norm = settings["betas"], settings["eps"], settings["norm"]
     radius, step, value_range = settings["radius"], settings["step_size"] * settings["radius"], settings["value_range"]
     device = like[0].device
-    rho = [torch.zeros((k,) + tuple(s), dtype=x.dtype, device=device) for s, x in zip(shapes, like)]
+    # The optimiser state is kept in at least float32: in float16, Adam's eps (1e-8) and the squared
+    # gradients underflow to 0 and the first step divides by zero. The model sees its own dtype.
+    rho = [torch.zeros((k,) + tuple(s), dtype=torch.promote_types(x.dtype, torch.float32), device=device)
+           for s, x in zip(shapes, like)]
     m1 = [torch.zeros_like(r) for r in rho]
     m2 = [torch.zeros_like(r) for r in rho]
     targets = torch.tensor(list(classes), device=device).repeat_interleave(b)
@@ -247,7 +261,7 @@ def optimise_perturbations(
         # The same samples serve every class (common random numbers), so a
         # class's map does not depend on which other classes are present.
         xs = [draw(b, generator) for draw in samplers]
-        raw = [x.unsqueeze(0) + r.unsqueeze(1) for x, r in zip(xs, rho)]  # [k, b, ...]
+        raw = [(x.unsqueeze(0) + r.unsqueeze(1)).to(ref.dtype) for x, r, ref in zip(xs, rho, like)]  # [k, b, ...]
         if value_range is None:
             points, inside = raw, [torch.ones_like(p) for p in raw]
         else:
@@ -263,7 +277,7 @@ def optimise_perturbations(
             # No signal: Adam's normalisation would turn round-off into full steps.
             grads = tuple(torch.zeros_like(g) for g in grads)
         for j, (g, ins) in enumerate(zip(grads, inside)):
-            g = (g.view_as(ins) * ins).mean(dim=1)
+            g = (g.view_as(ins) * ins).to(m1[j].dtype).mean(dim=1)
             m1[j].mul_(betas[0]).add_(g, alpha=1 - betas[0])
             m2[j].mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
             d = (m1[j] / (1 - betas[0] ** t)) / ((m2[j] / (1 - betas[1] ** t)).sqrt() + eps)
@@ -271,7 +285,7 @@ def optimise_perturbations(
                 flat = d.flatten(1)
                 d = (flat / flat.norm(dim=1, keepdim=True).clamp(min=1e-12)).view_as(d)
             rho[j] = project(rho[j] - step * d, norm, radius)
-    return tuple(rho)
+    return tuple(r.to(x.dtype) for r, x in zip(rho, like))
 
 
 def project(rho: Tensor, norm: str, radius: float) -> Tensor:

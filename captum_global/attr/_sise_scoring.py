@@ -48,9 +48,11 @@ def gradient_pass(
                 raise InvalidArgumentError(
                     f"layers: {name!r} runs more than once per forward pass; pick a module used once"
                 )
-            # a clone, so that later in-place ops cannot change what we differentiate
+            # a clone, so that later in-place ops on ``out`` cannot change what we differentiate; the
+            # model goes on with another clone, so that an in-place op right after the layer (a
+            # ReLU(inplace=True) after a hooked convolution) does not overwrite the layer's own output
             acts[name] = out.clone()
-            return acts[name]
+            return acts[name].clone()
 
         return hook
 
@@ -72,12 +74,24 @@ def gradient_pass(
             raise InvalidArgumentError(f"layers: {missing} did not run in the forward pass")
         targets = targets.checked(tuple(output.shape))
         scores = targets.select(psi(output))
-        try:
-            grads = torch.autograd.grad(scores.sum(), list(acts.values()), allow_unused=True)
-        except RuntimeError as e:
+        frozen = [n for n, a in acts.items() if not a.requires_grad]
+        if frozen:
             raise InvalidArgumentError(
-                f"score must be differentiable in the model output (SISE filters maps by its gradient): {e}"
-            ) from None
+                f"layers: {frozen} run without autograd inside forward_func (under torch.no_grad(), "
+                "torch.inference_mode() or on detached tensors), so SISE cannot take the gradient it filters "
+                "their maps by; pick layers that run with autograd (layers=[...]) or drop the no_grad block"
+            )
+        if not output.requires_grad:
+            # no autograd path from any layer to the output (a constant model, or one ending in argmax or
+            # detach): the gradient is zero, as for a layer the output does not use
+            grads = [None] * len(acts)
+        else:
+            try:
+                grads = torch.autograd.grad(scores.sum(), list(acts.values()), allow_unused=True)
+            except RuntimeError as e:
+                raise InvalidArgumentError(
+                    f"score must be differentiable in the model output (SISE filters maps by its gradient): {e}"
+                ) from None
     alphas = [
         torch.zeros(a.shape[:2], dtype=a.dtype, device=a.device) if g is None else g.sum(dim=(2, 3))
         for a, g in zip(acts.values(), grads)

@@ -18,6 +18,7 @@ from captum_global._checks import (
     check_inputs,
     check_int,
     check_model_output,
+    check_model_weights,
     check_number,
     check_tensor,
     check_value_range,
@@ -30,10 +31,10 @@ from captum_global._compat import (
     is_tuple,
 )
 from captum_global._model_state import preserved_model_state
-from captum_global._seeding import check_seed, make_generator
+from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global._targets import parse_target
 from captum_global.attr._agnostic import apply_refine, make_samplers, map_of, optimise_perturbations, scale_maps
-from captum_global.errors import InvalidArgumentError
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = ["InputAgnosticSaliency"]
 
@@ -82,6 +83,8 @@ class InputAgnosticSaliency(GradientAttribution):
             forward_func (Callable): the model, returning ``[batch, classes]``
                         scores (logits).
         """
+        if not callable(forward_func):
+            raise InvalidArgumentTypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         GradientAttribution.__init__(self, forward_func)
 
     @classmethod
@@ -187,7 +190,9 @@ class InputAgnosticSaliency(GradientAttribution):
             scale (str): ``"minmax"`` (each map to [0, 1]), ``"max"``
                         (divide by the maximum) or ``"none"``. Default: ``"minmax"``
             seed (int, optional): seed of the private ``torch.Generator``
-                        driving the samples; the global RNG is never used.
+                        driving the samples. A model that draws from the
+                        global RNG (MC dropout) draws from a state seeded by
+                        it; the caller's state is restored afterwards.
                         ``None`` draws a fresh seed.
             return_perturbation (bool): also return the raw per-example
                         ``rho`` (the row of each example's target), before
@@ -224,6 +229,10 @@ class InputAgnosticSaliency(GradientAttribution):
                     raise InvalidArgumentError(
                         f"{name} must be an image batch [N, C, H, W] for refine='smooth' (the default), got shape "
                         f"{tuple(x.shape)}; pass refine='none' or a callable for other inputs")
+        for i, x in enumerate(inputs_t):
+            if x.is_meta:
+                name = "inputs" if len(inputs_t) == 1 else f"inputs[{i}]"
+                raise InvalidArgumentError(f"{name} is on the 'meta' device: the maps need a device to be computed on")
         check_bool(return_perturbation, "return_perturbation")
         check_bool(show_progress, "show_progress")
         seed = check_seed(seed)
@@ -233,7 +242,11 @@ class InputAgnosticSaliency(GradientAttribution):
         afa = format_additional_forward_args(additional_forward_args)
         parsed = parse_target(target, n)
 
-        with preserved_model_state(self.forward_func, freeze_parameters=True):
+        check_model_weights(self.forward_func, autograd=True)
+        # gradients also under the caller's inference_mode; a model that draws from the global RNG
+        # (MC dropout) draws from a state seeded by ``seed``, and the caller's state comes back afterwards
+        with preserved_model_state(self.forward_func, freeze_parameters=True), torch.inference_mode(False), \
+                seeded_global_rng(seed, cuda_devices(self.forward_func, *inputs_t)):
             output_shape = self._probe(inputs_t, settings["value_range"], afa)
             rows = parsed.checked(output_shape).classes()
             classes = sorted(set(rows))

@@ -18,6 +18,12 @@ never needs all ``n_masks`` full-size masks in memory at once. Masked inputs
 are scored with the package's chunked scorer: Captum's target rules, the
 handling of per-example forward arguments and the refusal of non-finite
 model outputs are those of every other method here.
+
+An example whose masked scores are all equal (up to float round-off: a
+model that ignores its input, or ``p1=1``) carries no signal: its map is
+all zeros rather than the coverage of the masks scaled by the one score.
+A model that draws from the global RNG (e.g. MC dropout) draws from a state
+seeded by ``seed``; the caller's global random state is restored afterwards.
 """
 from __future__ import annotations
 
@@ -30,17 +36,19 @@ from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from captum_global._checks import check_bool, check_inputs, check_int, check_number
+from captum_global._checks import check_bool, check_inputs, check_int, check_model_weights, check_number
 from captum_global._compat import TargetType, format_additional_forward_args, format_output, is_tuple
+from captum_global._maps import NO_SIGNAL_RTOL
 from captum_global._model_state import preserved_model_state
-from captum_global._scoring import iter_scores
-from captum_global._seeding import check_seed, make_generator
+from captum_global._scoring import class_softmax, iter_scores
+from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global._targets import parse_target
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = ["RISE", "rise_masks"]
 
 _CHUNK = 100  # masks drawn per generator; fixed so results never depend on batching
+_SEED_SPAN = 2**64  # torch generators take seeds in [0, 2**64)
 
 
 def rise_masks(n: int, height: int, width: int, s: int = 7, p1: float = 0.5,
@@ -109,7 +117,8 @@ class RISE(PerturbationAttribution):
         (``[m, 1, height, width]``, at most 100 each), in scoring order."""
         n_masks, s, p1, seed = _check_settings(n_masks, s, p1, seed)
         for chunk, start in enumerate(range(0, n_masks, _CHUNK)):
-            generator = make_generator(seed * 1_000_003 + chunk)
+            # modulo 2**64: every seed check_seed accepts (up to 2**63 - 1) gives a valid generator
+            generator = make_generator((seed * 1_000_003 + chunk) % _SEED_SPAN)
             yield rise_masks(min(_CHUNK, n_masks - start), height, width, s, p1, generator)
 
     @log_usage()
@@ -148,7 +157,8 @@ class RISE(PerturbationAttribution):
 
         Returns:
             attributions: input-shaped tensor (a tuple if a tuple came in),
-            the RISE map of each example repeated over its channels.
+            the RISE map of each example repeated over its channels; all
+            zeros for an example whose masked scores are all equal (no signal).
         """
         was_tuple = is_tuple(inputs)
         xs = tuple(x.detach() for x in check_inputs(inputs, image_batch=True, floating=True))
@@ -164,10 +174,13 @@ class RISE(PerturbationAttribution):
         show_progress = check_bool(show_progress, "show_progress")
         targets = parse_target(target, n)
         args = format_additional_forward_args(additional_forward_args)
-        transform = (lambda out: out.softmax(dim=1)) if apply_softmax else None
+        transform = (lambda out: class_softmax(out, "apply_softmax=True", "apply_softmax=False")) if apply_softmax else None
+        check_model_weights(self.forward_func)
         device, dtype = xs[0].device, xs[0].dtype
         saliency = torch.zeros(n, 1, h, w, device=device, dtype=dtype)
-        with preserved_model_state(self.forward_func):
+        low = torch.full((n,), float("inf"), device=device, dtype=dtype)
+        high = torch.full((n,), -float("inf"), device=device, dtype=dtype)
+        with preserved_model_state(self.forward_func), seeded_global_rng(seed, cuda_devices(self.forward_func, *xs)):
             for masks in self.masks(h, w, n_masks, s, p1, seed):
                 masks = masks.to(device, dtype)
 
@@ -180,10 +193,16 @@ class RISE(PerturbationAttribution):
                 for chunk in iter_scores(self.forward_func, masks.shape[0] * n, build, targets, args, transform,
                                          chunk_size=chunk_size, chunk_argument="perturbations_per_eval",
                                          what="RISE", show_progress=show_progress):
-                    weighted = chunk.scores.view(-1, 1, 1, 1).to(dtype) * masks[chunk.payload]
-                    saliency.index_add_(0, chunk.examples, weighted)
+                    scores = chunk.scores.to(dtype)
+                    saliency.index_add_(0, chunk.examples, scores.view(-1, 1, 1, 1) * masks[chunk.payload])
+                    low.scatter_reduce_(0, chunk.examples, scores, "amin")
+                    high.scatter_reduce_(0, chunk.examples, scores, "amax")
         saliency = saliency / (n_masks * p1)
+        # scores that never move carry no signal: a zero map, not the masks' coverage
+        still = (high - low) <= NO_SIGNAL_RTOL * torch.maximum(high.abs(), low.abs())
+        saliency = torch.where(still.view(-1, 1, 1, 1), torch.zeros_like(saliency), saliency)
         return format_output(was_tuple, tuple(saliency.expand_as(x).clone() for x in xs))
+
 
 
 def _check_settings(n_masks: Any, s: Any, p1: Any, seed: Any) -> Tuple[int, int, float, int]:

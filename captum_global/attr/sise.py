@@ -33,16 +33,23 @@ from captum_global._checks import (
     check_choice,
     check_inputs,
     check_int,
+    check_model_weights,
     check_module,
     check_number,
     check_tensor,
 )
 from captum_global._compat import BaselineType, TargetType, format_additional_forward_args, format_output, is_tuple
 from captum_global._model_state import find_module, preserved_model_state
-from captum_global._scoring import index_additional_args
+from captum_global._scoring import class_softmax, index_additional_args
+from captum_global._seeding import cuda_devices, preserved_global_rng
 from captum_global._targets import parse_target
 from captum_global.attr._fusion import DEFAULT_FUSION, FUSIONS, fuse_layer_maps, hard_gate, soft_gate
-from captum_global.attr._layers import BlockOutput, eager_module, find_block_outputs, select_sise_layers
+from captum_global.attr._layers import (
+    BlockOutput,
+    eager_module,
+    find_block_outputs,
+    select_sise_layers,
+)
 from captum_global.attr._mask_groups import group_kept_maps
 from captum_global.attr._sise_scoring import gradient_pass, score_layer_maps
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
@@ -261,7 +268,9 @@ class SISE(PerturbationAttribution):
 
         model = self.forward_func
         eager = eager_module(model, "forward_func", "SISE")
-        with preserved_model_state(model):
+        check_model_weights(model, autograd=True)
+        # SISE draws nothing; a model that draws from the global RNG (MC dropout) leaves the caller's state as it was
+        with preserved_model_state(model), preserved_global_rng(cuda_devices(model, *xs)):
             names = self.selected_layers(xs, args)
             acts, alphas, targets, unmasked = gradient_pass(eager, names, xs, args, targets, psi)
             layer_acts = list(acts.values())
@@ -350,8 +359,9 @@ def _score_function(score: Union[str, Callable[[Tensor], Tensor]]) -> Callable[[
     if score == "logit":
         return lambda out: out
     if score == "softmax":
-        return lambda out: out.softmax(dim=-1)
+        return lambda out: class_softmax(out, "score='softmax'", "score='logit'", dim=-1)
     raise InvalidArgumentError(f"score must be one of {_SCORES} or a callable, got {score!r}")
+
 
 
 def _checked_score(psi: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:

@@ -55,6 +55,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _data(args: argparse.Namespace, input_shape):
+    import torch
+
     from captum_global.loading import ImageFiles, load_tensor
 
     channels, height, width = input_shape
@@ -65,6 +67,15 @@ def _data(args: argparse.Namespace, input_shape):
     images = load_tensor(args.images, "--images", dims=(4,)).float()
     if tuple(images.shape[1:]) != tuple(input_shape):
         raise UsageError(f"--images holds images of shape {tuple(images.shape[1:])}, the model takes {input_shape}")
+    if images.shape[0] == 0:
+        raise UsageError(f"--images {str(args.images)!r} holds no images (shape {tuple(images.shape)})")
+    if not bool(torch.isfinite(images).all()):
+        raise UsageError("--images holds NaN or infinite values; it must hold finite images in [0, 1]")
+    if images.min() < 0 or images.max() > 1:
+        # as for scan's --clean: --mean/--std/--value-range map [0, 1] to what the model expects
+        raise UsageError(f"--images must hold finite images in [0, 1], got values in "
+                         f"[{images.min().item():.4g}, {images.max().item():.4g}]; give --mean/--std or "
+                         "--value-range for a model that expects normalised inputs")
     return images
 
 

@@ -1,5 +1,6 @@
 """The ``captum-global`` parser and entry point (private; public through :mod:`captum_global.cli`)."""
 import argparse
+import re
 import sys
 from typing import List, Optional
 
@@ -9,6 +10,8 @@ from captum_global.cli._args import UsageError
 _COMMANDS = {"demo": _demo, "scan": _scan, "layers": _layers, "explain": _explain}
 _DESCRIPTION = ("Global and multi-layer visual explanations for Captum: run the demo, scan a model for a "
                 "backdoor, list the layers SISE reads, explain a dataset.")
+_NUMBER = r"((\d+\.?\d*|\.\d+)(e[-+]?\d+)?|inf|infinity|nan)"
+_NEGATIVE_NUMBERS = re.compile(rf"^-{_NUMBER}(,\s*-?{_NUMBER})*$", re.IGNORECASE)
 _EPILOG = ("Exit status: 0 done, 1 the run failed (the model returned NaN or infinity), 2 a usage error "
            "(the message says which argument), 130 interrupted.")
 
@@ -18,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captum-global", description=_DESCRIPTION, epilog=_EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,scan,layers,explain}")
     for name, module in _COMMANDS.items():
-        module.add_parser(sub).set_defaults(command_parser_name=name)
+        command = module.add_parser(sub)
+        command.set_defaults(command_parser_name=name)
+        # argparse reads '-1,1' (a negative first value of a list: --value-range -1,1, --mean -0.5,0,0.5)
+        # as an unknown option; no option of ours looks like a number, so such words are values
+        command._negative_number_matcher = _NEGATIVE_NUMBERS
     return parser
 
 

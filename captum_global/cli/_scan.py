@@ -75,11 +75,17 @@ def _clean_samples(args: argparse.Namespace, input_shape, reference: bool) -> Op
         images = torch.stack([files[i] for i in range(min(len(files), args.max_clean))])
     else:
         images = load_tensor(args.clean, "--clean", dims=(4,))[: args.max_clean].float()
+        if images.shape[0] == 0:
+            raise UsageError(f"--clean {str(args.clean)!r} holds no images (shape {tuple(images.shape)})")
         if tuple(images.shape[1:]) != tuple(input_shape):
             raise UsageError(f"--clean holds images of shape {tuple(images.shape[1:])}, the model takes "
                              f"{tuple(input_shape)}")
         if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
             raise UsageError("--clean must hold finite images in [0, 1]")
+    if images.shape[0] < 2:
+        # the scan judges a stamp's success on other images than the one it was found on
+        raise UsageError(f"--clean must give at least 2 clean images, got {images.shape[0]} "
+                         "(from the folder or file, after --max-clean)")
     return images
 
 
@@ -136,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if "neural-cleanse" in methods and args.clean is None and not reference:
         raise UsageError(f"--method {args.method} runs Neural Cleanse, which needs clean samples: "
                          "pass --clean DIR|FILE")
+    clean = _clean_samples(args, input_shape, reference)  # a bad --clean leaves no folder behind
     prepare_output(args.out, args.force, SCAN_FILES)  # refuse before minutes of work
     trigger_mask = None if trigger is None else trigger.mask(*input_shape[1:])
     if reference:
@@ -144,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
         class_names = list(CLASS_NAMES)
     else:
         class_names = [f"class {c}" for c in range(num_classes)]
-    clean = _clean_samples(args, input_shape, reference)
     example = torch.zeros(1, *input_shape)
     report: Dict[str, Any] = {"model": description, "settings": {
         "steps": args.steps, "threshold": args.threshold, "seed": args.seed, "classes": args.classes,

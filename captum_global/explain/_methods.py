@@ -56,6 +56,27 @@ def _constructor_needs(cls: type) -> Optional[List[str]]:
     return required if set(required) <= {"forward_func", "model", "layer"} and required else None
 
 
+def _check_keywords(instance: Any, label: str, attribute_kwargs: Dict[str, Any]) -> None:
+    """Refuse keywords ``instance.attribute`` does not take, and those ``explain_dataset`` sets itself."""
+    reserved = sorted(set(attribute_kwargs) & {"inputs", "target"})
+    if reserved:
+        raise InvalidArgumentError(f"attribute_kwargs must not set {reserved}: explain_dataset passes the inputs "
+                                   "and the targets (see target=, --target on the command line)")
+    try:
+        parameters = list(inspect.signature(instance.attribute).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    accepted = [p.name for p in parameters[1:] if p.name != "target" and p.kind is not p.VAR_POSITIONAL]
+    unknown = sorted(k for k in attribute_kwargs if k not in accepted)
+    if unknown:
+        raise InvalidArgumentTypeError(
+            f"attribute_kwargs {unknown} (--method-args on the command line): {label}.attribute does not take "
+            f"{'it' if len(unknown) == 1 else 'them'}; it takes {accepted}"
+        )
+
+
 def resolve_method(model: nn.Module, method: Any, layer: Any, example: Tensor,
                    attribute_kwargs: Dict[str, Any]) -> Tuple[Explain, Dict[str, Any]]:
     """``explain(inputs, targets)`` for ``method`` and the settings that describe it."""
@@ -116,8 +137,22 @@ def resolve_method(model: nn.Module, method: Any, layer: Any, example: Tensor,
         raise InvalidArgumentTypeError(f"method must be a method name, a Captum Attribution or a callable "
                                        f"(inputs, target) -> attributions, got {type(method).__name__}")
 
+    _check_keywords(instance, label, attribute_kwargs)
+
     def explain(inputs: Tensor, targets: Tensor) -> Tensor:
-        result = instance.attribute(inputs, target=targets, **attribute_kwargs)
+        try:
+            result = instance.attribute(inputs, target=targets, **attribute_kwargs)
+        except (TypeError, ValueError, AssertionError) as error:
+            if not attribute_kwargs or isinstance(error, InvalidArgumentError):
+                raise
+            # Captum checks its settings with asserts and comparisons: a wrong value in
+            # attribute_kwargs ({"n_steps": 0}, {"n_steps": "x"}) surfaces as one of these
+            reason = (str(error).strip().splitlines() or [""])[0]
+            kind = InvalidArgumentTypeError if isinstance(error, TypeError) else InvalidArgumentError
+            raise kind(
+                f"attribute_kwargs {attribute_kwargs} (--method-args on the command line): {label}.attribute "
+                f"failed with them: {type(error).__name__}: {reason}"
+            ) from error
         if isinstance(instance, LayerAttribution) and isinstance(result, Tensor) and result.dim() == 4 \
                 and tuple(result.shape[-2:]) != tuple(inputs.shape[-2:]):
             # layer maps are stored at the input's resolution, as Grad-CAM is shown

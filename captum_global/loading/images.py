@@ -28,8 +28,11 @@ class ImageFiles(Dataset):
     Args:
         root: the folder.
         size: ``(H, W)`` every image is resized to (bilinear); default the
-            size of the first image (then all images must have it).
-        channels: 3 or 1.
+            size of the first image (the others are resized to it).
+        channels: 3 or 1. 8-bit images of any mode are converted by
+            Pillow (an alpha channel is dropped); 16-bit grey images are
+            scaled by 1/65535 and float images read as ``[0, 1]``, instead
+            of Pillow's conversion, which clips them at 255.
         labels: a CSV file of ``file,label`` rows (an optional header row),
             a JSON file ``{"file": label}``, or a mapping; files are named by
             their path relative to ``root`` with ``/`` separators.
@@ -82,20 +85,51 @@ class ImageFiles(Dataset):
         path = self.files[index]
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB" if self.channels == 3 else "L")
-                if (image.height, image.width) != self.size:
-                    image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
-                array = np.asarray(image, dtype=np.float32) / 255.0
-        except OSError as error:
+                array = _unit_array(image, self.channels, self.size)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:  # damaged, unsupported, too large
             raise InvalidArgumentError(f"images: cannot read {str(path)!r}: {error}") from None
         tensor = torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1)).permute(2, 0, 1).contiguous()
         return tensor if self.labels is None else (tensor, self.labels[index])
 
 
+# Single-band modes with more than 8 bits, and the full scale of their values:
+# PIL's convert("RGB"/"L") clips them at 255 instead of scaling them.
+_WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+def _unit_array(image, channels: int, size: Tuple[int, int]):
+    """``[H, W]`` (grey) or ``[H, W, 3]`` float32 in ``[0, 1]`` at ``size``.
+
+    8-bit images (RGB, RGBA, palette, grey, 1-bit...) are converted by PIL.
+    16-bit grey images (``I;16``, and ``I`` as PIL opens 16-bit PNGs) are
+    divided by 65535 and float images (``F``) are taken as ``[0, 1]``, both
+    clipped, instead of PIL's conversion that clips them at 255.
+    """
+    import numpy as np
+    from PIL import Image
+
+    height, width = size
+    if image.mode in _WIDE_MODES:
+        array = np.asarray(image, dtype=np.float64) / _WIDE_MODES[image.mode]
+        grey = Image.fromarray(np.clip(array, 0.0, 1.0).astype(np.float32), mode="F")
+        if (grey.height, grey.width) != (height, width):
+            grey = grey.resize((width, height), Image.BILINEAR)
+        array = np.clip(np.asarray(grey, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(array[:, :, None], 3, axis=2) if channels == 3 else array
+    image = image.convert("RGB" if channels == 3 else "L")
+    if (image.height, image.width) != (height, width):
+        image = image.resize((width, height), Image.BILINEAR)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
 def _labels_for(names: List[str], labels: Union[PathLike, Mapping[str, int]]) -> List[int]:
     if not isinstance(labels, Mapping):
         path = _check_file(labels, "labels")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark from a spreadsheet export
+        except UnicodeDecodeError:
+            raise InvalidArgumentError(f"labels: {str(path)!r} is not a text file (CSV 'file,label' rows or JSON "
+                                       "{file: label}) in UTF-8") from None
         if path.suffix.lower() == ".json":
             try:
                 labels = json.loads(text)

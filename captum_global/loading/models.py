@@ -174,7 +174,13 @@ def build_architecture(arch: str, num_classes: Optional[int] = None) -> nn.Modul
         raise InvalidArgumentError(f"arch={arch!r} names a {type(target).__name__}, not a callable")
     if extra and not _accepts(target, "num_classes"):
         extra = {}  # the entry point fixes its own class count; the output check compares it
-    model = target(**extra)
+    try:
+        model = target(**extra)
+    except Exception as error:  # the user's code: a missing argument, a failing constructor
+        raise InvalidArgumentError(
+            f"arch={arch!r}: calling it{' with num_classes=' + str(num_classes) if extra else ''} failed: "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from error
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"arch={arch!r} returned a {type(model).__name__}, not an nn.Module")
     return model

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from captum_global._checks import check_choice, check_number
+from captum_global._checks import check_bool, check_choice, check_number
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.metrics._checks import TensorOrTuple, check_finite
 from captum_global.metrics.localization import energy_pointing_game
@@ -88,6 +88,8 @@ def trigger_iou(attributions: TensorOrTuple, trigger_mask: Tensor) -> Tensor:
         attributions = attributions[0]
     if not isinstance(attributions, Tensor):
         raise InvalidArgumentTypeError(f"attributions must be a torch.Tensor, got {type(attributions).__name__}")
+    if attributions.dtype == torch.bool or attributions.is_complex():
+        raise InvalidArgumentTypeError(f"attributions must hold real numbers, got dtype {attributions.dtype}")
     maps = attributions.abs().sum(1) if attributions.dim() == 4 else attributions.abs()
     if maps.dim() != 3:
         raise InvalidArgumentError(
@@ -118,7 +120,14 @@ def _trigger_region(trigger_mask: Tensor, count: int, size: Optional[Tuple[int, 
         expected = "[H, W] or [N, H, W]" if size is None else f"{tuple(size)} or {(count,) + tuple(size)}"
         raise InvalidArgumentError(f"trigger_mask must have shape {expected} for {count} maps, "
                                    f"got {tuple(trigger_mask.shape)}")
-    region = trigger_mask.bool()
+    region = trigger_mask
+    if region.dtype != torch.bool:
+        # a soft mask (a reversed trigger's [0, 1] mask, NaN) is not a region: .bool() would mark every
+        # nonzero pixel and the share would read near 1
+        if region.is_complex() or not bool(((region == 0) | (region == 1)).all()):
+            raise InvalidArgumentError("trigger_mask must be bool or hold only 0 and 1 (threshold a soft mask "
+                                       "first, e.g. mask > 0.5)")
+        region = region != 0
     if region.dim() == 2:
         region = region.unsqueeze(0).expand(count, -1, -1)
     empty = (region.flatten(1).sum(1) == 0).nonzero().flatten()
@@ -172,6 +181,7 @@ def mad_anomaly_index(values: Tensor, leave_one_out: bool = False, min_scale: fl
     """
     if not isinstance(values, Tensor):
         raise InvalidArgumentTypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
+    leave_one_out = check_bool(leave_one_out, "leave_one_out")
     minimum = 3 if leave_one_out else 2
     if values.dim() == 0 or values.shape[-1] < minimum:
         raise InvalidArgumentError(

@@ -263,7 +263,7 @@ def manipulate_model(
             xf, yf = (x, y) if fooling_batches is None else next(fooling_batches)
             step_start = time.perf_counter()
             classification = F.cross_entropy(fooled(x), y.to(x.device))
-            fooling_loss = penalty(fooled, xf, yf)
+            fooling_loss = penalty(fooled, xf, yf, where=f"step {step}")
             loss = classification + fooling_weight * fooling_loss
             # a diverged step (lr too high, a model that overflows) is an error, never a silent bad copy
             check_finite_output(loss.detach().reshape(1, 1), f"manipulate_model ({fooling} fooling)", f"step {step}")
@@ -304,19 +304,24 @@ class _Penalty:
         self.original, self.explainer, self.fooling = original, explainer, fooling
         self.region, self.fraction, self.pair, self.generator = region, fraction, pair, generator
 
-    def _maps(self, model, x, target, graph: bool) -> Tensor:
+    def _maps(self, model, x, target, graph: bool, where: str) -> Tensor:
         maps = self.explainer(model, x, target, self.generator)
+        if isinstance(maps, Tensor) and maps.dim() > 0:
+            # a diverged copy (lr too high) gives NaN maps: the model's failure, not a bad argument
+            check_finite_output(maps.detach(), f"manipulate_model ({self.fooling} fooling)", where)
         return maps if graph else maps.detach()
 
-    def __call__(self, model, x, y, graph: bool = True) -> Tensor:
+    def __call__(self, model, x, y, graph: bool = True, where: str = "") -> Tensor:
+        def maps(of, target, with_graph):
+            return self._maps(of, x, target, with_graph, where)
+
         if self.fooling == "location":
-            return fooling_penalty("location", self._maps(model, x, y, graph), region=self.region)
+            return fooling_penalty("location", maps(model, y, graph), region=self.region)
         if self.fooling == "active":
             c1, c2 = self.pair
-            return fooling_penalty(
-                "active", self._maps(model, x, c1, graph), self._maps(self.original, x, c1, False),
-                maps_second=self._maps(model, x, c2, graph), reference_second=self._maps(self.original, x, c2, False))
-        return fooling_penalty(self.fooling, self._maps(model, x, y, graph), self._maps(self.original, x, y, False),
+            return fooling_penalty("active", maps(model, c1, graph), maps(self.original, c1, False),
+                                   maps_second=maps(model, c2, graph), reference_second=maps(self.original, c2, False))
+        return fooling_penalty(self.fooling, maps(model, y, graph), maps(self.original, y, False),
                                top_k_fraction=self.fraction)
 
     def evaluate(self, model, data, limit: int, seed: int) -> float:
@@ -324,7 +329,7 @@ class _Penalty:
         self.generator.manual_seed(seed)  # the same mask samples before and after
         for x, y in data:
             x, y = x[:limit - count], y[:limit - count]
-            total += float(self(model, x, y, graph=False)) * x.shape[0]
+            total += float(self(model, x, y, graph=False, where="the evaluation of the fooling loss")) * x.shape[0]
             count += x.shape[0]
             if count >= limit:
                 break

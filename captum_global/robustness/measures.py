@@ -33,9 +33,9 @@ from typing import Mapping, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_global._checks import check_choice, check_number
+from captum_global._checks import check_choice, check_finite, check_int, check_number
 from captum_global._maps import minmax_normalise, to_heatmap
-from captum_global.errors import InvalidArgumentError
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
     "normalised_maps",
@@ -66,11 +66,24 @@ SUCCESS: Mapping[str, Tuple[str, float, str]] = MappingProxyType({  # read-only:
 SWAPPABLE_BELOW = 0.8
 
 
-def normalised_maps(maps: MapLike) -> Tensor:
-    """``[N, H, W]`` non-negative maps, each min-max normalised to [0, 1]."""
-    if isinstance(maps, Tensor) and maps.dim() == 3:
-        return minmax_normalise(maps.clamp(min=0))
-    return minmax_normalise(to_heatmap(maps, sign="positive"))
+def normalised_maps(maps: MapLike, argument: str = "maps") -> Tensor:
+    """``[N, H, W]`` non-negative maps, each min-max normalised to [0, 1].
+
+    NaN or infinite values are refused (naming ``argument``): min-max
+    normalisation would turn them into a silent 0 or NaN statistic.
+    """
+    inner = maps[0] if isinstance(maps, tuple) and len(maps) == 1 else maps
+    if not isinstance(inner, Tensor):
+        raise InvalidArgumentTypeError(f"{argument} must be a tensor [N, H, W] or [N, C, H, W], "
+                                       f"got {type(maps).__name__}")
+    if inner.dim() not in (3, 4):
+        raise InvalidArgumentError(f"{argument} must have shape [N, H, W] or [N, C, H, W], got {tuple(inner.shape)}")
+    if inner.dtype == torch.bool or inner.is_complex():
+        raise InvalidArgumentTypeError(f"{argument} must hold real numbers, got dtype {inner.dtype}")
+    check_finite(inner, argument)
+    if inner.dim() == 3:
+        return minmax_normalise(inner.clamp(min=0))
+    return minmax_normalise(to_heatmap(inner, sign="positive"))
 
 
 def border_region(height: int, width: int, width_fraction: float = 0.125) -> Tensor:
@@ -85,6 +98,8 @@ def border_region(height: int, width: int, width_fraction: float = 0.125) -> Ten
                 [1, 0, 0, 1],
                 [1, 1, 1, 1]], dtype=torch.int32)
     """
+    height = check_int(height, "height", minimum=1)
+    width = check_int(width, "width", minimum=1)
     check_number(width_fraction, "width_fraction", 0.0, 0.5, min_inclusive=False, max_inclusive=False)
     t = max(1, int(round(width_fraction * min(height, width))))
     region = torch.ones(height, width, dtype=torch.bool)
@@ -179,7 +194,7 @@ def rank_correlation(maps: MapLike, reference: MapLike) -> Tensor:
         (tensor([1.]), tensor([-1.]))
     """
     a = normalised_maps(_detached(maps)).flatten(1)
-    b = normalised_maps(_detached(reference)).flatten(1)
+    b = normalised_maps(_detached(reference), "reference").flatten(1)
     if a.shape != b.shape:
         raise InvalidArgumentError(f"maps and reference must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     out = torch.zeros(a.shape[0])
