@@ -394,3 +394,79 @@ def test_neural_cleanse_finds_the_shipped_patch_backdoor_and_spares_its_twin(shi
     backdoored_model, twin_model, clean = shipped_pair
     assert neural_cleanse(backdoored_model, clean, seed=0).flagged == [reference_target_class()]
     assert neural_cleanse(twin_model, clean, seed=0).flagged == []
+
+
+class _NaNAfter(nn.Module):
+    """The planted model, returning NaN from its ``after + 1``-th call on."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.net, self.after, self.calls = PlantedBackdoor(), after, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.net(x)
+        return out * float("nan") if self.calls > self.after else out
+
+
+def test_nan_after_the_optimisation_is_refused_not_counted_as_class_0():
+    # sweep: NaN logits in the attack-success pass (argmax 0) gave class 0 a success of 1 and flagged it
+    x = coloured_images(8)
+    options = dict(n_steps=4, batch_size=4, check_every=2)
+    # calls: 1 to count classes, 4 optimisation steps, then the success pass (one call per class)
+    model = _NaNAfter(5)
+    model.train()
+    with pytest.raises(NonFiniteOutputError, match="suspected trigger of class 0"):
+        scan_for_backdoor(model, x[:1], clean_inputs=x, **options)
+    assert model.training and model.net.scale.requires_grad
+    # without clean inputs, the unstamped noise is classified first (call 2)
+    with pytest.raises(NonFiniteOutputError, match="unstamped noise"):
+        scan_for_backdoor(_NaNAfter(1), x[:1], num_noise_samples=8, **options)
+    with pytest.raises(NonFiniteOutputError, match="per-image inputs"):
+        scan_for_backdoor(_NaNAfter(5 + 4), x[:1], clean_inputs=x, per_image=2, **options)
+    # Neural Cleanse: 1 call to count, 2 epochs x 2 batches for label 0, then its success pass
+    with pytest.raises(NonFiniteOutputError, match="label 0, the reversed trigger's attack success"):
+        neural_cleanse(_NaNAfter(5), x, n_epochs=2, batch_size=4)
+
+
+class _ShiftInPlace(nn.Module):
+    def __init__(self, in_place):
+        super().__init__()
+        self.in_place, self.net = in_place, PlantedBackdoor()
+
+    def forward(self, x):
+        return self.net(x.mul_(1.0).add_(0.0) if self.in_place else x * 1.0 + 0.0)
+
+
+def test_a_model_working_in_place_leaves_the_callers_images_as_they_were():
+    # sweep: the class count ran the model on a view of example_input / clean_inputs
+    x = coloured_images(8)
+    x[:, :, 0, 0] = 0.123456  # in-place identity ops would keep these values; check all bits
+    kept = x.clone()
+    scan = scan_for_backdoor(_ShiftInPlace(True), x[:1], clean_inputs=x, n_steps=4, batch_size=4, check_every=2)
+    reference = scan_for_backdoor(_ShiftInPlace(False), kept[:1], clean_inputs=kept.clone(), n_steps=4, batch_size=4,
+                                  check_every=2)
+    assert torch.equal(x, kept)
+    assert torch.equal(scan.trigger_masks, reference.trigger_masks)
+
+    class Halve(nn.Module):  # a visible in-place change
+        def forward(self, x):
+            return PlantedBackdoor()(x.mul_(0.5))
+
+    neural_cleanse(Halve(), x, n_epochs=1, batch_size=4)
+    scan_for_backdoor(Halve(), x[:1], clean_inputs=x, n_steps=2, batch_size=4, check_every=1)
+    assert torch.equal(x, kept)
+
+
+def test_neural_cleanse_target_as_a_one_element_tensor():
+    from captum_global.backdoor import NeuralCleanse
+
+    x = coloured_images(8)
+    as_int = NeuralCleanse(PlantedBackdoor()).attribute(x, target=2, n_epochs=2, batch_size=4)
+    for target in (torch.tensor(2), torch.tensor([2]), torch.tensor(2, dtype=torch.int32)):
+        got = NeuralCleanse(PlantedBackdoor()).attribute(x, target=target, n_epochs=2, batch_size=4)
+        assert torch.equal(got[0], as_int[0]) and got[2:] == as_int[2:]
+    with pytest.raises(TypeError, match="target must be an int"):
+        NeuralCleanse(PlantedBackdoor()).attribute(x, target=torch.tensor(2.0), n_epochs=1)
+    with pytest.raises(InvalidArgumentError, match="out of range"):
+        NeuralCleanse(PlantedBackdoor()).attribute(x, target=torch.tensor(4), n_epochs=1)

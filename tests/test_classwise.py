@@ -600,3 +600,108 @@ def test_classwise_sets_figure_draws_sets_changes_and_real_examples():
     change = axes[4].images[0].get_array()  # after the 3 synthetic images and a gap
     assert np.allclose(change, (sets[0, 0] - start[0, 0]).abs().sum(0).numpy(), atol=1e-6)
     assert axes[0].get_title() == "x" and axes[8].get_title() == "real"
+
+
+def test_gradient_distance_by_hand():
+    from captum_global.attr.classwise import gradient_distance
+
+    syn = [torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]), torch.tensor([5.0, 5.0])]
+    real = [torch.tensor([[3.0, 0.0], [2.0, 0.0], [1.0, 1.0]]), torch.tensor([0.0, 1.0])]
+    # rows: cos 1 (same direction), cos 0 (orthogonal), a zero row (cos 0); the 1-D tensor adds nothing
+    assert float(gradient_distance(syn, real)) == pytest.approx(0.0 + 1.0 + 1.0)
+    # mse: (1-3)^2 + (0-2)^2 + 2^2 + 1 + 1 over the 2-D tensor only
+    assert float(gradient_distance(syn, real, "mse")) == pytest.approx(4 + 4 + 4 + 1 + 1)
+    conv = torch.randn(4, 3, 3, 3)
+    assert float(gradient_distance([conv], [2.5 * conv])) == pytest.approx(0.0, abs=1e-6)
+    assert float(gradient_distance([conv], [-conv])) == pytest.approx(8.0)  # 4 rows at 1 - (-1)
+    with pytest.raises(InvalidArgumentError, match="distance must be one of"):
+        gradient_distance(syn, real, "l1")
+    with pytest.raises(InvalidArgumentError, match="gradient shapes differ"):
+        gradient_distance([conv], [conv[:2]])
+    with pytest.raises(InvalidArgumentError, match="1 synthetic and 2 real"):
+        gradient_distance([conv], [conv, conv])
+
+
+class _SubHalfInPlace(nn.Module):
+    """Shifts its input in place: what a model with ``x.sub_(mean)`` or a first
+    ``nn.ReLU(inplace=True)`` does to the tensor it is given."""
+
+    def forward(self, x):
+        return x.sub_(0.5)
+
+
+class _SubHalf(nn.Module):
+    def forward(self, x):
+        return x - 0.5
+
+
+@pytest.mark.parametrize("mode", ["gradient", "trajectory"])
+def test_model_working_in_place_on_its_input_gives_the_out_of_place_result(mode):
+    # sweep: ReLU(inplace=True) / x.sub_() as the first op failed ("a leaf Variable that requires
+    # grad is being used in an in-place operation") on the optimised synthetic pixels
+    data = labelled(12)
+    kept = data.tensors[0].clone()
+    body = tiny()
+    in_place, out_of_place = nn.Sequential(_SubHalfInPlace(), body), nn.Sequential(_SubHalf(), body)
+    options = dict(images_per_class=2, iterations=3, lr=0.05, batch_size=5, seed=3)
+    if mode == "trajectory":
+        other = copy.deepcopy(body)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.1)
+        options.update(mode="trajectory", student_steps=2,
+                       checkpoints=[{"1." + k: v for k, v in body.state_dict().items()},
+                                    {"1." + k: v for k, v in other.state_dict().items()}])
+    got = ClassWiseSynthesis(in_place).attribute(data, **options)
+    want = ClassWiseSynthesis(out_of_place).attribute(data, **options)
+    assert torch.equal(got.images, want.images)
+    assert torch.equal(got.confidence, want.confidence)
+    assert torch.equal(data.tensors[0], kept)  # the caller's data is untouched
+    # pixels computed from the optimised tensor (spectrum) are passed as they are: a change is refused
+    with pytest.raises(InvalidArgumentError, match="changed its input in place"):
+        ClassWiseSynthesis(in_place).attribute(data, parametrization="spectrum", **options)
+
+
+def test_hardsigmoid_models_are_differentiated_twice_as_relu6():
+    # sweep: mobilenet_v3_small raised "derivative for aten::hardsigmoid_backward is not implemented"
+    class Relu6Gate(nn.Module):
+        def forward(self, x):
+            return F.relu6(x + 3) / 6
+
+    def net(gate):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), gate, nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                             nn.Linear(16, 3))
+
+    data = labelled(12)
+    options = dict(images_per_class=2, iterations=3, lr=0.05, batch_size=5, seed=1)
+    got = ClassWiseSynthesis(net(nn.Hardsigmoid())).attribute(data, **options)
+    want = ClassWiseSynthesis(net(Relu6Gate())).attribute(data, **options)
+    assert torch.equal(got.images, want.images)
+    assert torch.allclose(got.distances, want.distances)
+    # the mode is confined to the call: hardsigmoid's own double backward is still missing outside
+    z = torch.randn(4, requires_grad=True)
+    g = torch.autograd.grad(F.hardsigmoid(z).square().sum(), z, create_graph=True)[0]
+    with pytest.raises(RuntimeError, match="not implemented"):
+        torch.autograd.grad(g.sum(), z)
+
+
+def test_empty_loaders_and_out_of_range_classes_are_refused_clearly_with_clusters():
+    model = tiny()
+    empty = DataLoader(TensorDataset(torch.rand(0, 3, 6, 6), torch.zeros(0, dtype=torch.long)))
+    # sweep: these raised a bare StopIteration
+    with pytest.raises(InvalidArgumentError, match="data is empty"):
+        ClassWiseSynthesis(model).attribute(empty, images_per_class=2, match="clusters", **FAST)
+    untracked = tiny().state_dict()  # num_batches_tracked == 0: population statistics are computed
+    with pytest.raises(InvalidArgumentError, match="data is empty"):
+        ClassWiseSynthesis(model).attribute(empty, checkpoints=untracked, **FAST)
+    # sweep: these said "class 3 has only 0 examples" instead of naming the range
+    data = labelled(12)
+    for classes in ([0, 3], [-1]):
+        with pytest.raises(InvalidArgumentError, match=r"class ids in \[0, 3\)"):
+            ClassWiseSynthesis(model).attribute(data, classes=classes, images_per_class=2, match="clusters", **FAST)
+    with pytest.raises(InvalidArgumentError, match="must not repeat"):
+        ClassWiseSynthesis(model).attribute(data, classes=[1, 1], images_per_class=2, match="clusters", **FAST)
+    shifted = TensorDataset(data.tensors[0], data.tensors[1] + 1)
+    with pytest.raises(InvalidArgumentError, match="label 3, outside the model's 3 outputs"):
+        ClassWiseSynthesis(model).attribute(shifted, images_per_class=2, match="clusters", **FAST)

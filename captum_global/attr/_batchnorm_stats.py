@@ -23,6 +23,7 @@ from torch.func import functional_call
 
 from captum_global._model_state import HookBag
 from captum_global.attr.classwise_types import WeightPoint
+from captum_global.errors import InvalidArgumentError
 
 __all__ = ["untracked_batchnorms", "fill_population_statistics"]
 
@@ -49,7 +50,7 @@ def _call_order(model: nn.Module, point: WeightPoint, example: Tensor) -> List[T
         for name, module in _batchnorms(model):
             bag.add(module.register_forward_pre_hook(
                 lambda mod, args, name=name: order.append((name, mod)) if (name, mod) not in order else None))
-        functional_call(model, point, (example,))
+        functional_call(model, point, (example.clone(),))
     return order
 
 
@@ -59,7 +60,9 @@ def fill_population_statistics(model: nn.Module, point: WeightPoint,
     the population statistics of the inputs ``batches()`` yields (called once
     per layer). The model is in eval mode; its hooks are removed on exit."""
     point = dict(point)
-    first = next(iter(batches()))
+    first = next(iter(batches()), None)
+    if first is None:
+        raise InvalidArgumentError("data is empty: the loader yielded no batches")
     dist = torch.distributed
     world = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     for name, module in _call_order(model, point, first[:1]):
@@ -76,7 +79,7 @@ def fill_population_statistics(model: nn.Module, point: WeightPoint,
             bag.add(module.register_forward_pre_hook(read))
             for x in batches():
                 try:
-                    functional_call(model, point, (x,))
+                    functional_call(model, point, (x.clone(),))
                 except _Stop:
                     pass
         total = torch.stack(sums).sum(0) if sums else torch.zeros(3, module.num_features, dtype=torch.float64)

@@ -25,7 +25,12 @@ from torch.func import functional_call
 from captum_global._checks import check_model_output
 from captum_global._model_state import HookBag
 from captum_global.attr._checkpoints import own_weights
-from captum_global.attr._gradient_matching import make_loader, split_batch, stream_class_features
+from captum_global.attr._gradient_matching import (
+    _validate_classes,
+    first_batch,
+    make_loader,
+    stream_class_features,
+)
 from captum_global.attr.classwise_types import WeightPoint
 from captum_global.errors import InvalidArgumentError
 
@@ -39,7 +44,7 @@ def _last_linear(model: nn.Module, point: WeightPoint, example: Tensor):
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 bag.add(module.register_forward_pre_hook(lambda mod, args: called.append(mod)))
-        functional_call(model, point, (example,))
+        functional_call(model, point, (example.clone(),))
     return called[-1] if called else None
 
 
@@ -51,11 +56,11 @@ def penultimate(model: nn.Module, point: WeightPoint, example: Tensor) -> Callab
     @torch.no_grad()
     def features(x: Tensor) -> Tensor:
         if layer is None:
-            return functional_call(model, point, (x,)).flatten(1)
+            return check_model_output(functional_call(model, point, (x.clone(),)), "model").flatten(1)
         seen: List[Tensor] = []
         with HookBag() as bag:
             bag.add(layer.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach())))
-            functional_call(model, point, (x,))
+            functional_call(model, point, (x.clone(),))
         return seen[-1].flatten(1)
 
     return features
@@ -109,13 +114,15 @@ def cluster_assigner(model: nn.Module, data, classes, k: int, batch_size: int, s
     """``assign(x, c)``: the group of each class-c example, from k-means of
     the model's penultimate features over ``data`` (one forward pass)."""
     own = own_weights(model)
-    example, _ = split_batch(next(iter(make_loader(data, batch_size)[0])))
+    example = first_batch(make_loader(data, batch_size)[0])
     weight = next(model.parameters())
     example = example.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        num_outputs = check_model_output(functional_call(model, own, (example[:1].clone(),)), "model").shape[-1]
+    classes = tuple(range(num_outputs)) if classes is None else tuple(classes)
+    _validate_classes(classes, num_outputs)
     features = penultimate(model, own, example)
-    if classes is None:
-        with torch.no_grad():
-            classes = tuple(range(check_model_output(functional_call(model, own, (example[:1],)), "model").shape[-1]))
-    found = stream_class_features(model, data, classes, features, batch_size, weight.dtype, weight.device)
+    found = stream_class_features(model, data, classes, features, batch_size, weight.dtype, weight.device,
+                                  num_outputs)
     centroids = fit_centroids(found, k, classes, seed)
     return lambda x, c: nearest(features(x).cpu(), centroids[c])

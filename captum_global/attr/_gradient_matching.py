@@ -18,12 +18,14 @@ flags and their ``.grad`` fields are never touched.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+import contextlib
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from captum_global._checks import check_finite_output, check_model_output
@@ -33,7 +35,10 @@ from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
     "DISTANCES",
+    "forward_on",
+    "first_batch",
     "gradient_distance",
+    "twice_differentiable",
     "matched_parameter_names",
     "class_gradient",
     "make_loader",
@@ -79,6 +84,49 @@ def gradient_distance(g_syn: Sequence[Tensor], g_real: Sequence[Tensor], distanc
         else:
             total = total + ((a - b) ** 2).sum()
     return total
+
+
+class _HardsigmoidTwice(TorchFunctionMode):
+    """``F.hardsigmoid(x)`` as ``relu6(x + 3) / 6``: the same values, but PyTorch
+    implements no second derivative of ``hardsigmoid_backward`` (MobileNetV3's
+    squeeze-excitation gates), and gradient matching differentiates the
+    training gradient once more."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.hardsigmoid:
+            return F.relu6(args[0] + 3) / 6
+        return func(*args, **(kwargs or {}))
+
+
+def forward_on(model: nn.Module, state: WeightPoint, inputs: Tensor) -> Any:
+    """``functional_call(model, state, (inputs,))``, safe from a model whose first
+    operation works in place (``nn.ReLU(inplace=True)`` first, ``x.sub_(mean)``).
+
+    Inputs without a graph, and (views of) the optimised leaves, are passed as
+    a copy (the same values and kernels: results are unchanged). A tensor
+    computed from the leaves (the spectrum's pixels, an augmentation) is
+    passed as is, to keep the graph exactly as it is; a model that changes
+    it in place would corrupt the synthetic inputs, and is refused.
+    """
+    base = inputs if inputs._base is None else inputs._base
+    if not inputs.requires_grad or (base.is_leaf and base.requires_grad):
+        return functional_call(model, state, (inputs.clone(),))
+    version = inputs._version
+    out = functional_call(model, state, (inputs,))
+    if inputs._version != version:
+        raise InvalidArgumentError(
+            "model changed its input in place (e.g. nn.ReLU(inplace=True) or x.sub_() as its first operation); "
+            "with parametrization='spectrum' or an augment this would corrupt the synthetic inputs: make the "
+            "model's first operation out of place (x = x - mean, nn.ReLU(inplace=False))")
+    return out
+
+
+def twice_differentiable(model: nn.Module):
+    """A context in which ``model``'s forward pass can be differentiated twice
+    (a no-op unless it holds ``nn.Hardsigmoid`` modules)."""
+    if any(isinstance(m, nn.Hardsigmoid) for m in model.modules()):
+        return _HardsigmoidTwice()
+    return contextlib.nullcontext()
 
 
 def matched_parameter_names(model: nn.Module, parameters) -> List[str]:
@@ -130,10 +178,11 @@ def class_gradient(
     weights = {n: point[n].detach().requires_grad_(True) for n in names}
     state = dict(point)
     state.update(weights)
-    logits = check_model_output(functional_call(model, state, (inputs,)), "model")
-    check_finite_output(logits.detach(), "ClassWiseSynthesis", where or f"class {label}")
-    target = torch.full((inputs.shape[0],), label, dtype=torch.long, device=logits.device)
-    loss = F.cross_entropy(logits, target, reduction=reduction)
+    with twice_differentiable(model):
+        logits = check_model_output(forward_on(model, state, inputs), "model")
+        check_finite_output(logits.detach(), "ClassWiseSynthesis", where or f"class {label}")
+        target = torch.full((inputs.shape[0],), label, dtype=torch.long, device=logits.device)
+        loss = F.cross_entropy(logits, target, reduction=reduction)
     return list(torch.autograd.grad(loss, [weights[n] for n in names], create_graph=create_graph))
 
 
@@ -154,6 +203,13 @@ def make_loader(data, batch_size: int) -> Tuple[DataLoader, Optional[Tensor]]:
     rank, world = _rank_world()
     index = torch.arange(rank, n, world)
     return DataLoader(Subset(data, index.tolist()), batch_size=batch_size, shuffle=False), index
+
+
+def first_batch(loader) -> Tensor:
+    """The inputs of the first batch ``loader`` yields; a clear error when it yields none."""
+    for batch in loader:
+        return split_batch(batch)[0]
+    raise InvalidArgumentError("data is empty: the loader yielded no batches")
 
 
 def split_batch(batch, seen: int = 0) -> Tuple[Tensor, Tensor]:
@@ -251,17 +307,13 @@ def stream_class_gradients(
         if sums is None:
             input_shape, dtype = tuple(x.shape[1:]), x.dtype
             with torch.no_grad():
-                num_outputs = check_model_output(functional_call(model, points[0], (x[:1],)), "model").shape[-1]
+                num_outputs = check_model_output(functional_call(model, points[0], (x[:1].clone(),)), "model").shape[-1]
             classes = tuple(range(num_outputs)) if classes is None else tuple(classes)
             _validate_classes(classes, num_outputs)
             sums = [[[[torch.zeros(points[0][n].shape, dtype=torch.float64, device=device) for n in names]
                       for _ in range(groups)] for _ in classes] for _ in points]
             counts = torch.zeros(len(classes), groups, dtype=torch.float64, device=device)
-        bad = (y < 0) | (y >= num_outputs)
-        if bool(bad.any()):
-            raise InvalidArgumentError(
-                f"data holds label {int(y[bad][0])}, outside the model's {num_outputs} outputs"
-            )
+        _check_labels(y, num_outputs)
         if keep_real:
             keys = global_keys[index[seen:seen + len(y)]] if index is not None else torch.rand(len(y), generator=gen)
         seen += len(y)
@@ -310,6 +362,12 @@ def stream_class_gradients(
                           cluster_grads, counts.cpu().long() if assign is not None else None)
 
 
+def _check_labels(y: Tensor, num_outputs: int) -> None:
+    bad = (y < 0) | (y >= num_outputs)
+    if bool(bad.any()):
+        raise InvalidArgumentError(f"data holds label {int(y[bad][0])}, outside the model's {num_outputs} outputs")
+
+
 def _validate_classes(classes: Sequence[int], num_outputs: int) -> None:
     if len(classes) == 0:
         raise InvalidArgumentError("classes must name at least one class")
@@ -341,9 +399,11 @@ def _all_reduce(sums, counts: Tensor) -> None:
 
 
 def stream_class_features(model: nn.Module, data, classes: Sequence[int], features: Callable[[Tensor], Tensor],
-                          batch_size: int, dtype: torch.dtype, device) -> Dict[int, Tensor]:
+                          batch_size: int, dtype: torch.dtype, device,
+                          num_outputs: Optional[int] = None) -> Dict[int, Tensor]:
     """``{class: [m, D]}`` features of every example of each class, in the
-    order of the whole dataset (gathered across processes by global index)."""
+    order of the whole dataset (gathered across processes by global index).
+    With ``num_outputs``, a label outside ``[0, num_outputs)`` is refused."""
     loader, index = make_loader(data, batch_size)
     found: Dict[int, List[Tensor]] = {c: [] for c in classes}
     where: Dict[int, List[Tensor]] = {c: [] for c in classes}
@@ -351,6 +411,8 @@ def stream_class_features(model: nn.Module, data, classes: Sequence[int], featur
     for batch in loader:
         x, y = split_batch(batch, seen)
         x, y = x.to(device=device, dtype=dtype), y.to(device)
+        if num_outputs is not None:
+            _check_labels(y, num_outputs)
         f = features(x).cpu()
         position = (index[seen:seen + len(y)] if index is not None else torch.arange(seen, seen + len(y)))
         for c in classes:

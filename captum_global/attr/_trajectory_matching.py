@@ -36,6 +36,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from captum_global._checks import check_finite_output, check_model_output
+from captum_global.attr._gradient_matching import forward_on, twice_differentiable
 from captum_global.attr.classwise_types import ClassGradients, WeightPoint
 from captum_global.errors import InvalidArgumentError
 
@@ -87,10 +88,11 @@ def student_distance(
         if augment is not None:
             x = augment(x)
         state.update(zip(names, weights))
-        logits = check_model_output(functional_call(model, state, (x,)), "model")
-        if check is not None:
-            check(logits, f"student step {step}")
-        loss = F.cross_entropy(logits, y)
+        with twice_differentiable(model):
+            logits = check_model_output(forward_on(model, state, x), "model")
+            if check is not None:
+                check(logits, f"student step {step}")
+            loss = F.cross_entropy(logits, y)
         grads = torch.autograd.grad(loss, weights, create_graph=create_graph)
         weights = [w - lr * g / g.norm().clamp_min(_TINY) for w, lr, g in zip(weights, lrs, grads)]
         if not create_graph:

@@ -49,6 +49,7 @@ from captum_global.attr._checkpoints import resolve_checkpoints
 from captum_global.attr._class_modes import cluster_assigner
 from captum_global.attr._image_parametrization import Parametrization
 from captum_global.attr._gradient_matching import (
+    gradient_distance,
     make_loader,
     matched_parameter_names,
     split_batch,
@@ -58,7 +59,7 @@ from captum_global.attr._trajectory_matching import trajectory_mode
 from captum_global.attr.classwise_types import ClassGradients, ClassWiseResult
 from captum_global.errors import InvalidArgumentError
 
-__all__ = ["ClassWiseSynthesis", "GradientMatchingSynthesis", "ClassWiseResult", "ClassGradients"]
+__all__ = ["ClassWiseSynthesis", "GradientMatchingSynthesis", "ClassWiseResult", "ClassGradients", "gradient_distance"]
 
 
 class ClassWiseSynthesis(Attribution):
@@ -370,7 +371,7 @@ class ClassWiseSynthesis(Attribution):
                     prior=lambda x: parts.prior(x, priors, param.value_range), param=param, augment=augment_fn,
                     generator=gen, progress=progress)
             with torch.no_grad():
-                logits = check_model_output(model(images.flatten(0, 1)), "model")
+                logits = check_model_output(model(images.flatten(0, 1).clone()), "model")
             check_finite_output(logits, "ClassWiseSynthesis", "the synthetic inputs")
         probs = torch.softmax(logits, dim=-1).view(len(rg.classes), images_per_class, -1)
         own = torch.tensor(rg.classes, device=device).view(-1, 1, 1).expand(-1, images_per_class, 1)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_global._checks import check_model_output, check_number, check_tensor
+from captum_global._checks import check_finite_output, check_int, check_model_output, check_number, check_tensor
 from captum_global._model_state import preserved_model_state
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.metrics import mad_anomaly_index, trigger_energy_share, trigger_iou
@@ -21,10 +21,29 @@ MIN_CLASSES = 3
 def count_classes(model: nn.Module, example: Tensor) -> int:
     """Number of classes of ``model``, from one forward pass on ``example[:1]``."""
     with preserved_model_state(model), torch.no_grad():
-        out = check_model_output(model(example[:1]), "model")
+        # a copy: a model that works in place on its input must not change the caller's tensor
+        out = check_model_output(model(example[:1].clone()), "model")
     if out.dim() != 2:
         raise InvalidArgumentError(f"model must return [batch, classes] scores, got shape {tuple(out.shape)}")
     return int(out.shape[1])
+
+
+def checked_logits(model: nn.Module, inputs: Tensor, what: str, where: str) -> Tensor:
+    """``model(inputs)``: one ``[N, classes]`` tensor of finite scores, else a clear error
+    (:class:`~captum_global.errors.NonFiniteOutputError` for NaN or infinity)."""
+    out = check_model_output(model(inputs), "model")
+    return check_finite_output(out.detach(), what, where)
+
+
+def check_label(target: Any, num_classes: int) -> int:
+    """One class index (an int, a NumPy integer or a one-element integer tensor) within the model's output."""
+    if isinstance(target, Tensor) and target.numel() == 1 and not target.is_floating_point() \
+            and not target.is_complex() and target.dtype != torch.bool:
+        target = int(target.reshape(-1)[0])
+    label = check_int(target, "target")
+    if not 0 <= label < num_classes:
+        raise InvalidArgumentError(f"target {label} out of range: the model has {num_classes} classes")
+    return label
 
 
 def check_images(value: Any, argument: str, min_examples: int = 1) -> Tensor:

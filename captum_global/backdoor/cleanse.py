@@ -28,6 +28,8 @@ from captum_global._seeding import check_seed, make_generator
 from captum_global.backdoor._common import (
     check_classes,
     check_images,
+    check_label,
+    checked_logits,
     check_threshold,
     check_trigger_mask,
     count_classes,
@@ -109,7 +111,7 @@ class NeuralCleanse:
 
         Args:
             clean_inputs (Tensor): ``[N, C, H, W]`` clean images.
-            target (int): the label.
+            target (int): the label (a NumPy integer or a one-element integer tensor is accepted).
             seed (int, optional): seed of the initialisation and batch order.
             show_progress (bool): a progress bar over the epochs.
             **options: ``n_epochs`` (50), ``batch_size`` (32), ``lr`` (0.1),
@@ -139,7 +141,7 @@ class NeuralCleanse:
         clean_inputs = check_images(clean_inputs, "clean_inputs")
         settings = _check_options(options)
         num_classes = count_classes(self.forward_func, clean_inputs)
-        target = _check_label(target, num_classes)
+        target = check_label(target, num_classes)
         generator = make_generator(check_seed(seed))
         with preserved_model_state(self.forward_func, freeze_parameters=True):
             result = _reverse(self.forward_func, clean_inputs, target, generator, settings,
@@ -245,13 +247,6 @@ def neural_cleanse(
                                      threshold=threshold, seed=seed, show_progress=show_progress, **options)
 
 
-def _check_label(target: Any, num_classes: int) -> int:
-    label = check_int(target, "target")
-    if not 0 <= label < num_classes:
-        raise InvalidArgumentError(f"target {label} out of range: the model has {num_classes} classes")
-    return label
-
-
 def _check_options(options: Dict[str, Any]) -> Dict[str, Any]:
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -347,6 +342,8 @@ def _reverse(model, inputs: Tensor, label: int, generator: torch.Generator, s: D
         rate = 0.0
         for start in range(0, n, s["batch_size"]):
             x = inputs[start:start + s["batch_size"]]
-            rate += float((model(stamp(x, best[0][None], best[1][None])[0]).argmax(1) == label).sum())
+            out = checked_logits(model, stamp(x, best[0][None], best[1][None])[0], "Neural Cleanse",
+                                 f"label {label}, the reversed trigger's attack success")
+            rate += float((out.argmax(1) == label).sum())
         evaluations += n
     return best[0], best[1], best_l1, rate / n, evaluations

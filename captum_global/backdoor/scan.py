@@ -28,6 +28,7 @@ from captum_global.attr._agnostic import smooth
 from captum_global.backdoor._common import (
     check_classes,
     check_images,
+    checked_logits,
     check_threshold,
     check_trigger_mask,
     count_classes,
@@ -210,34 +211,36 @@ def scan_for_backdoor(
     def batches(round_: int):
         return [next(stream) for _ in range(opts["check_every"])]
 
-    with preserved_model_state(model, freeze_parameters=True):
-        untestable = _base_classes(model, held, classes) if clean_inputs is None else []
-        found = reverse_triggers(
-            model, classes, batches, (c, h, w), cell, rounds, opts["lr"], opts["init_cost"],
-            opts["cost_multiplier"], opts["patience"], opts["early_stop_patience"], opts["attack_success"],
-            (lo, hi), generator, example.device, example.dtype, progress=bar.update if bar else None,
-            confidence=opts["success_confidence"],
-        )
-        success = _success(model, held, classes, found.masks, found.patterns)
-        evaluations = found.evaluations + len(classes) * held.shape[0] + (held.shape[0] if clean_inputs is None else 0)
-        specificity = None
-        if opts["position_check"]:
-            specificity = _position_specificity(model, held, classes, found.masks, found.patterns, success, cell)
-            evaluations += 4 * len(classes) * held.shape[0]
-        per_image = None
-        if opts["per_image"] > 0:
-            per_image, spent = _per_image_cost(model, classes, train, opts, cell, (c, h, w), (lo, hi), generator,
-                                               example.device, example.dtype)
-            evaluations += spent
-        if opts["class_maps"]:
-            maps = InputAgnosticSaliency(model).attribute(
-                example[:1].expand(len(classes), c, h, w), target=classes,
-                distribution=inputs if clean_inputs is not None else "smooth", seed=seed)
-            evaluations += 1 + 100 * 16 * len(classes)
-        else:
-            maps = found.masks.unsqueeze(1) * found.patterns
-    if bar:
-        bar.close()
+    try:
+        with preserved_model_state(model, freeze_parameters=True):
+            untestable = _base_classes(model, held, classes) if clean_inputs is None else []
+            found = reverse_triggers(
+                model, classes, batches, (c, h, w), cell, rounds, opts["lr"], opts["init_cost"],
+                opts["cost_multiplier"], opts["patience"], opts["early_stop_patience"], opts["attack_success"],
+                (lo, hi), generator, example.device, example.dtype, progress=bar.update if bar else None,
+                confidence=opts["success_confidence"],
+            )
+            success = _success(model, held, classes, found.masks, found.patterns)
+            evaluations = found.evaluations + len(classes) * held.shape[0] + (held.shape[0] if clean_inputs is None else 0)
+            specificity = None
+            if opts["position_check"]:
+                specificity = _position_specificity(model, held, classes, found.masks, found.patterns, success, cell)
+                evaluations += 4 * len(classes) * held.shape[0]
+            per_image = None
+            if opts["per_image"] > 0:
+                per_image, spent = _per_image_cost(model, classes, train, opts, cell, (c, h, w), (lo, hi), generator,
+                                                   example.device, example.dtype)
+                evaluations += spent
+            if opts["class_maps"]:
+                maps = InputAgnosticSaliency(model).attribute(
+                    example[:1].expand(len(classes), c, h, w), target=classes,
+                    distribution=inputs if clean_inputs is not None else "smooth", seed=seed)
+                evaluations += 1 + 100 * 16 * len(classes)
+            else:
+                maps = found.masks.unsqueeze(1) * found.patterns
+    finally:
+        if bar:
+            bar.close()
     area = float(h * w)
     norms = torch.where(torch.isfinite(found.mask_l1), found.mask_l1, torch.full_like(found.mask_l1, area))
     statistics = {"mask_l1": norms}
@@ -315,7 +318,7 @@ def _batch_stream(inputs: Tensor, size: int, generator: torch.Generator):
 def _base_classes(model: nn.Module, inputs: Tensor, classes: Sequence[int]) -> list:
     """Classes the model gives most unstamped ``inputs`` to: reaching them proves nothing."""
     with torch.no_grad():
-        predicted = model(inputs).argmax(1)
+        predicted = checked_logits(model, inputs, "scan_for_backdoor", "the unstamped noise samples").argmax(1)
     return [c for c in classes if float((predicted == c).float().mean()) >= 0.5]
 
 
@@ -329,7 +332,7 @@ def _per_image_cost(model, classes, inputs, opts, cell, shape, value_range, gene
     m = min(opts["per_image"], inputs.shape[0])
     images = inputs[torch.randperm(inputs.shape[0], generator=generator)[:m].to(inputs.device)]
     with torch.no_grad():
-        predicted = model(images).argmax(1).cpu()
+        predicted = checked_logits(model, images, "scan_for_backdoor", "the per-image inputs").argmax(1).cpu()
     rounds = math.ceil(opts["per_image_steps"] / opts["check_every"])
     found = reverse_triggers(
         model, classes, lambda round_: [images] * opts["check_every"], shape, cell, rounds, opts["lr"],
@@ -366,7 +369,8 @@ def _success(model: nn.Module, inputs: Tensor, classes: Sequence[int], masks: Te
     rates = []
     with torch.no_grad():
         for k, c in enumerate(classes):
-            out = model(stamp(inputs, masks[k:k + 1], patterns[k:k + 1])[0])
+            out = checked_logits(model, stamp(inputs, masks[k:k + 1], patterns[k:k + 1])[0], "scan_for_backdoor",
+                                 f"the suspected trigger of class {c}")
             rates.append(float((out.argmax(1) == c).float().mean()))
     return torch.tensor(rates)
 
