@@ -33,6 +33,7 @@ architecture under ``docs/figures/``. Run::
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Dict, List
 
@@ -98,12 +99,16 @@ def main(argv=None) -> None:
     parser.add_argument("--train-seeds", type=int, default=1)
     parser.add_argument("--draws", type=int, default=2, help="random real subsets per size")
     parser.add_argument("--condensation", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--priors", default="{}",
+                        help='JSON priors for the synthesis, e.g. \'{"class": 10}\' (the model\'s cross-entropy on '
+                             'the set); default none, as the recipe')
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default="classwise_fidelity")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
     test = make_dataset(args.n_test, seed=args.seed + 1000)
+    priors = json.loads(args.priors)
     rows: List[Dict] = []
     for arch in args.archs:
         entry, model, trajectory, data = common.clean_reference(arch, args.n_data, args.seed)
@@ -130,7 +135,7 @@ def main(argv=None) -> None:
                 r = common.synthesise(model, source, None, n, mode, args.iterations, args.seed, match=match,
                                       checkpoints_per_iteration=args.checkpoints_per_iteration,
                                       student_steps=args.student_steps, student_batch=args.student_batch,
-                                      real_examples=3)
+                                      real_examples=3, priors=priors or None)
                 seconds = time.perf_counter() - t0
                 own = torch.tensor(r.classes).view(-1, 1)
                 along_d = method.matching_distance(r.images, targets[True], per_checkpoint=True) if True in targets else None
@@ -172,6 +177,7 @@ def main(argv=None) -> None:
                       f"{len(show.trajectory)} {'fresh initialisations' if fresh is not None else 'checkpoints'}, "
                       "from noise; contrast stretched), then real examples")
             suffix = f"_random_init_{args.iterations}" if fresh is not None else ""
+            suffix += "".join(f"_{name}_prior_{weight:g}" for name, weight in sorted(priors.items()))
             viz.save(figure, common.FIGURES / f"classwise_{arch}_{n}{suffix}.png")
     seconds = time.perf_counter() - start
     common.write(args.out, "Class-wise synthesis: fidelity on the clean reference models",

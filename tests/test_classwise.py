@@ -705,3 +705,27 @@ def test_empty_loaders_and_out_of_range_classes_are_refused_clearly_with_cluster
     shifted = TensorDataset(data.tensors[0], data.tensors[1] + 1)
     with pytest.raises(InvalidArgumentError, match="label 3, outside the model's 3 outputs"):
         ClassWiseSynthesis(model).attribute(shifted, images_per_class=2, match="clusters", **FAST)
+
+
+def test_class_prior_adds_the_cross_entropy_step_by_hand():
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(3, 12, generator=g))
+        model[1].bias.copy_(torch.randn(3, generator=g))
+    data = TensorDataset(torch.rand(30, 3, 2, 2, generator=g), torch.arange(3).repeat(10))
+    start = torch.rand(3, 2, 3, 2, 2, generator=g)  # [classes, images per class, C, H, W]
+    settings = dict(images_per_class=2, iterations=1, optimizer="sgd", momentum=0.0, lr=0.1, init=start,
+                    parametrization="pixels", value_range=None, seed=0)
+    plain = ClassWiseSynthesis(model).attribute(data, **settings)
+    weighted = ClassWiseSynthesis(model).attribute(data, priors={"class": 2.0}, **settings)
+    # one SGD step: the prior adds -lr * w * d CE / dx, with d CE / dx = (softmax(Wx + b) - onehot) W
+    W, b = model[1].weight.detach(), model[1].bias.detach()
+    probs = torch.softmax(start.reshape(6, 12) @ W.T + b, dim=-1)
+    onehot = F.one_hot(torch.arange(3).repeat_interleave(2), 3).float()
+    expected = -0.1 * 2.0 * ((probs - onehot) @ W).reshape(start.shape)
+    torch.testing.assert_close(weighted.images - plain.images, expected, atol=1e-6, rtol=1e-4)
+    # the recorded objective is the matching distance alone, the same in both runs
+    torch.testing.assert_close(weighted.loss_history, plain.loss_history)
+    with pytest.raises(InvalidArgumentError, match="priors\\['class'\\]"):
+        ClassWiseSynthesis(model).attribute(data, priors={"class": -1.0}, **settings)

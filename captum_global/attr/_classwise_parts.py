@@ -8,16 +8,26 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_global._checks import check_bool, check_choice, check_int, check_number, check_tensor, check_value_range
-from captum_global.attr._gradient_matching import DISTANCES, class_gradient, gradient_distance
+from captum_global._checks import (
+    check_bool,
+    check_choice,
+    check_finite_output,
+    check_int,
+    check_model_output,
+    check_number,
+    check_tensor,
+    check_value_range,
+)
+from captum_global.attr._gradient_matching import DISTANCES, class_gradient, forward_on, gradient_distance
 from captum_global.attr._image_parametrization import PARAMETRIZATIONS, Parametrization
 from captum_global.attr.classwise_types import ClassGradients
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
-_PRIORS = ("tv", "l2")
+_PRIORS = ("tv", "l2", "class")
 _NOISE = 0.1  # half-width of the "noise" initialisation, as a share of value_range
 MODES = ("gradient", "trajectory")
 NO_TRAJECTORY = ("no trajectory was given: gradients were matched at the model's final weights only; "
@@ -202,9 +212,16 @@ def initial_images(rg: ClassGradients, n: int, init, param: Parametrization, see
     return (low + high) / 2 + _NOISE * (high - low) * noise
 
 
-def prior(x: Tensor, priors: Dict[str, float], value_range) -> Tensor:
-    """Image priors, each a per-input mean summed over the set."""
+def prior(x: Tensor, priors: Dict[str, float], value_range, model: Optional[nn.Module] = None,
+          labels: Optional[Tensor] = None) -> Tensor:
+    """Image priors, each a per-input mean summed over the set. ``"class"``: the
+    cross-entropy of ``model`` (its own weights) on ``x`` towards ``labels``
+    (one per input)."""
     total = x.new_zeros(())
+    if priors.get("class"):
+        logits = check_model_output(forward_on(model, {}, x), "model")
+        check_finite_output(logits.detach(), "ClassWiseSynthesis", "priors['class'] (the model on the set)")
+        total = total + priors["class"] * F.cross_entropy(logits, labels.to(logits.device), reduction="sum")
     if priors.get("tv"):
         if x.dim() < 3:
             raise InvalidArgumentError("priors['tv'] needs inputs with at least two spatial dimensions")
@@ -254,7 +271,8 @@ def run_gradient_matching(model: nn.Module, rg: ClassGradients, start: Tensor, *
         for ci, z in enumerate(leaves):
             x = param.decode(z)
             d = class_distance(model, augment(x), ci, rg, distance, True, ks)
-            objective = d + prior(x, priors, param.value_range)
+            label = torch.full((x.shape[0],), rg.classes[ci], dtype=torch.long)
+            objective = d + prior(x, priors, param.value_range, model, label)
             z.grad = torch.autograd.grad(objective, z)[0]
             total += float(d.detach())
         history.append(total)

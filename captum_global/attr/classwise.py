@@ -269,7 +269,12 @@ class ClassWiseSynthesis(Attribution):
             priors (dict, optional): non-negative weights of image priors:
                         ``"tv"`` (mean absolute difference of neighbouring
                         pixels) and ``"l2"`` (mean squared distance to the middle
-                        of ``value_range``), per input, summed over the set.
+                        of ``value_range``), per input, summed over the set;
+                        ``"class"``: the cross-entropy of ``model`` (its own
+                        weights, not the checkpoints') on each input towards
+                        its class, summed over the set, so that the model
+                        classifies the set as its classes (an added step, not
+                        part of the paper's matching).
             value_range (tuple, optional): inputs are clamped into
                         ``(low, high)`` after every step; None: no clamp.
             augment (callable, optional): a differentiable map applied to the
@@ -357,6 +362,7 @@ class ClassWiseSynthesis(Attribution):
         gen = make_generator(seed)
         progress = parts.show(show_progress)
         trajectory_info: Dict[str, Any] = {}
+        set_labels = torch.tensor(rg.classes).repeat_interleave(images_per_class)  # trajectory mode: the flat set
         with parts.autograd_on(), preserved_model_state(model, eval_mode=True), \
                 seeded_global_rng(seed, cuda_devices(model)):
             if mode == "gradient":
@@ -368,7 +374,7 @@ class ClassWiseSynthesis(Attribution):
                 images, history, trajectory_info = trajectory_mode(
                     model, rg, start, gap=checkpoint_gap, steps=student_steps, batch=student_batch,
                     step_scale=step_scale, learn_scale=learn_step_scale, iterations=iterations, lr=lr,
-                    prior=lambda x: parts.prior(x, priors, param.value_range), param=param, augment=augment_fn,
+                    prior=lambda x: parts.prior(x, priors, param.value_range, model, set_labels), param=param, augment=augment_fn,
                     generator=gen, progress=progress)
             with torch.no_grad():
                 logits = check_model_output(model(images.flatten(0, 1).clone()), "model")
