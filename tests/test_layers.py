@@ -7,6 +7,7 @@ import torch
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import torch.nn.functional as F
 from torch import nn
 
 from captum_global.attr import select_sise_layers
@@ -216,3 +217,35 @@ def test_inference_mode_example_input():
     with torch.inference_mode():
         x = torch.rand(1, 3, 16, 16)
         assert select_sise_layers(TinyVGG((2, 2)), x) == ["features.3", "features.8"]
+
+
+class _FunctionalPoolLeNet(nn.Module):
+    """The PyTorch tutorials' LeNet: it down-samples with F.max_pool2d in its own forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def test_down_sampling_by_a_functional_op_in_forward_ends_a_block():
+    net = _FunctionalPoolLeNet()
+    found = find_block_outputs(net, torch.rand(1, 1, 32, 32))
+    # 32 -> conv 28 -> pool 14 -> conv 10 -> pool 5: one block per resolution a convolution ran at
+    assert [(b.name, b.shape) for b in found] == [("conv1", (6, 28, 28)), ("conv2", (16, 10, 10))]
+    # a functional op on the model input itself (normalisation, resizing) is not a block end
+    class Resized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _FunctionalPoolLeNet()
+
+        def forward(self, x):
+            return self.net(F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False))
+    assert [b.name for b in find_block_outputs(Resized(), torch.rand(1, 1, 64, 64))] == ["net.conv1", "net.conv2"]

@@ -8,7 +8,10 @@ name patterns, so it works on models we have never seen):
    and output tensors and their spatial size ``(h, w)``.
 2. A *down-sampling* is a call whose spatial output is smaller than its
    spatial input and that contains no smaller such call (a max-pool, a
-   strided convolution, or a block using ``F.max_pool2d`` inside).
+   strided convolution, or a block using ``F.max_pool2d`` inside). A
+   down-sampling no module made (``F.max_pool2d`` in the model's own
+   ``forward``) shows as a call reading a spatial input that no module
+   returned, smaller than the last spatial output before it.
 3. The layer picked for a down-sampling is the outermost module that returned
    the tensor it reads (so ``layer1`` rather than ``layer1.1.relu`` in a
    ResNet; for in-place activations the module that returned it last).
@@ -265,6 +268,7 @@ def find_block_outputs(
                 break
         if pick is not None and pick.out_hw is not None:
             picks.append(pick)
+    picks += _functional_drops(calls)
     spatial = [c for c in calls if c.out_hw is not None]
     if spatial:
         last = max(spatial, key=lambda c: c.end)
@@ -286,6 +290,26 @@ def find_block_outputs(
             "for this example_input, so there are no block outputs to explain with"
         )
     return result
+
+
+def _functional_drops(calls: List[_Call]) -> List[_Call]:
+    """Block outputs before down-samplings no module made (``F.max_pool2d`` in a
+    top-level ``forward``, as in the PyTorch tutorials' LeNet): a call reads a
+    spatial input that no module returned, smaller than the last spatial output
+    before it; the block output is that output's producer."""
+    picks = []
+    for c in calls:
+        if c.in_hw is None or any(o.out is c.inp for o in calls):
+            continue
+        before = [o for o in calls if o.out_hw is not None and o.end < c.start]
+        if not before:
+            continue  # functional work on the model input itself (normalisation, resizing)
+        last = max(before, key=lambda o: o.end)
+        if last.out_hw[0] * last.out_hw[1] > c.in_hw[0] * c.in_hw[1]:
+            pick = _producer(calls, last.out, c.start)
+            if pick is not None and pick.out_hw is not None:
+                picks.append(pick)
+    return picks
 
 
 def select_sise_layers(
