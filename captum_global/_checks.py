@@ -108,10 +108,14 @@ def check_value_range(value: Any, argument: str = "value_range") -> Optional[Tup
     return low, high
 
 
-def check_finite(value: Tensor, argument: str) -> Tensor:
-    """``value`` if every element is finite (integer and bool tensors always are)."""
+def _check_has_values(value: Tensor, argument: str) -> None:
     if value.is_meta:
         raise InvalidArgumentError(f"{argument} is on the 'meta' device: it has a shape but no values")
+
+
+def check_finite(value: Tensor, argument: str) -> Tensor:
+    """``value`` if every element is finite (integer and bool tensors always are)."""
+    _check_has_values(value, argument)
     if value.is_floating_point() or value.is_complex():
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
@@ -139,6 +143,7 @@ def check_tensor(
     """
     if not isinstance(value, Tensor):
         raise InvalidArgumentTypeError(f"{argument} must be a torch.Tensor, got {type(value).__name__}")
+    _check_has_values(value, argument)
     if dims is not None and value.dim() not in dims:
         expected = " or ".join(f"{d}-D" for d in dims)
         raise InvalidArgumentError(f"{argument} must be {expected}, got shape {tuple(value.shape)}")

@@ -25,12 +25,7 @@ from torch.func import functional_call
 from captum_global._checks import check_model_output
 from captum_global._model_state import HookBag
 from captum_global.attr._checkpoints import own_weights
-from captum_global.attr._gradient_matching import (
-    _validate_classes,
-    first_batch,
-    make_loader,
-    stream_class_features,
-)
+from captum_global.attr._gradient_matching import first_batch, make_loader, stream_class_features, validate_classes
 from captum_global.attr.classwise_types import WeightPoint
 from captum_global.errors import InvalidArgumentError
 
@@ -120,7 +115,7 @@ def cluster_assigner(model: nn.Module, data, classes, k: int, batch_size: int, s
     with torch.no_grad():
         num_outputs = check_model_output(functional_call(model, own, (example[:1].clone(),)), "model").shape[-1]
     classes = tuple(range(num_outputs)) if classes is None else tuple(classes)
-    _validate_classes(classes, num_outputs)
+    validate_classes(classes, num_outputs)
     features = penultimate(model, own, example)
     found = stream_class_features(model, data, classes, features, batch_size, weight.dtype, weight.device,
                                   num_outputs)

@@ -39,6 +39,7 @@ __all__ = [
     "first_batch",
     "gradient_distance",
     "twice_differentiable",
+    "validate_classes",
     "matched_parameter_names",
     "class_gradient",
     "make_loader",
@@ -309,7 +310,7 @@ def stream_class_gradients(
             with torch.no_grad():
                 num_outputs = check_model_output(functional_call(model, points[0], (x[:1].clone(),)), "model").shape[-1]
             classes = tuple(range(num_outputs)) if classes is None else tuple(classes)
-            _validate_classes(classes, num_outputs)
+            validate_classes(classes, num_outputs)
             sums = [[[[torch.zeros(points[0][n].shape, dtype=torch.float64, device=device) for n in names]
                       for _ in range(groups)] for _ in classes] for _ in points]
             counts = torch.zeros(len(classes), groups, dtype=torch.float64, device=device)
@@ -368,7 +369,7 @@ def _check_labels(y: Tensor, num_outputs: int) -> None:
         raise InvalidArgumentError(f"data holds label {int(y[bad][0])}, outside the model's {num_outputs} outputs")
 
 
-def _validate_classes(classes: Sequence[int], num_outputs: int) -> None:
+def validate_classes(classes: Sequence[int], num_outputs: int) -> None:
     if len(classes) == 0:
         raise InvalidArgumentError("classes must name at least one class")
     for c in classes:

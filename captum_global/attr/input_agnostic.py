@@ -229,10 +229,6 @@ class InputAgnosticSaliency(GradientAttribution):
                     raise InvalidArgumentError(
                         f"{name} must be an image batch [N, C, H, W] for refine='smooth' (the default), got shape "
                         f"{tuple(x.shape)}; pass refine='none' or a callable for other inputs")
-        for i, x in enumerate(inputs_t):
-            if x.is_meta:
-                name = "inputs" if len(inputs_t) == 1 else f"inputs[{i}]"
-                raise InvalidArgumentError(f"{name} is on the 'meta' device: the maps need a device to be computed on")
         check_bool(return_perturbation, "return_perturbation")
         check_bool(show_progress, "show_progress")
         seed = check_seed(seed)

@@ -245,6 +245,29 @@ def model_from_args(args: argparse.Namespace):
     return model, description, tuple(args.input_shape), None
 
 
+def image_tensor_file(path: Path, option: str, input_shape: Sequence[int], limit: Optional[int] = None):
+    """The ``[N, C, H, W]`` images of a tensor file (its first ``limit``), checked as the
+    commands take them: at least one, the model's input shape, finite, in ``[0, 1]``."""
+    import torch
+
+    from captum_global.loading import load_tensor
+
+    images = load_tensor(path, option, dims=(4,))[:limit].float()
+    if images.shape[0] == 0:
+        raise UsageError(f"{option} {str(path)!r} holds no images (shape {tuple(images.shape)})")
+    if tuple(images.shape[1:]) != tuple(input_shape):
+        raise UsageError(f"{option} holds images of shape {tuple(images.shape[1:])}, the model takes "
+                         f"{tuple(input_shape)}")
+    if not bool(torch.isfinite(images).all()):
+        raise UsageError(f"{option} holds NaN or infinite values; it must hold finite images in [0, 1]")
+    if images.min() < 0 or images.max() > 1:
+        # --mean/--std/--value-range map [0, 1] to what the model expects
+        raise UsageError(f"{option} must hold finite images in [0, 1], got values in "
+                         f"[{images.min().item():.4g}, {images.max().item():.4g}]; give --mean/--std or "
+                         "--value-range for a model that expects normalised inputs")
+    return images
+
+
 def prepare_output(out: Path, force: bool, owned: Sequence[str]) -> None:
     """Create ``out``; refuse a non-empty one without ``--force``; with it, remove the files we write.
 

@@ -8,6 +8,7 @@ from captum_global.cli._args import (
     add_model_options,
     existing_file,
     existing_path,
+    image_tensor_file,
     int_in,
     json_object,
     model_from_args,
@@ -55,28 +56,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _data(args: argparse.Namespace, input_shape):
-    import torch
-
-    from captum_global.loading import ImageFiles, load_tensor
+    from captum_global.loading import ImageFiles
 
     channels, height, width = input_shape
     if args.images.is_dir():
         return ImageFiles(args.images, size=(height, width), channels=channels, labels=args.labels)
     if args.labels is not None:
         raise UsageError("--labels names the files of an image folder; --images is a tensor file")
-    images = load_tensor(args.images, "--images", dims=(4,)).float()
-    if tuple(images.shape[1:]) != tuple(input_shape):
-        raise UsageError(f"--images holds images of shape {tuple(images.shape[1:])}, the model takes {input_shape}")
-    if images.shape[0] == 0:
-        raise UsageError(f"--images {str(args.images)!r} holds no images (shape {tuple(images.shape)})")
-    if not bool(torch.isfinite(images).all()):
-        raise UsageError("--images holds NaN or infinite values; it must hold finite images in [0, 1]")
-    if images.min() < 0 or images.max() > 1:
-        # as for scan's --clean: --mean/--std/--value-range map [0, 1] to what the model expects
-        raise UsageError(f"--images must hold finite images in [0, 1], got values in "
-                         f"[{images.min().item():.4g}, {images.max().item():.4g}]; give --mean/--std or "
-                         "--value-range for a model that expects normalised inputs")
-    return images
+    return image_tensor_file(args.images, "--images", input_shape)
 
 
 def run(args: argparse.Namespace) -> int:

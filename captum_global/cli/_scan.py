@@ -18,6 +18,7 @@ from captum_global.cli._args import (
     UsageError,
     add_model_options,
     existing_path,
+    image_tensor_file,
     int_in,
     int_list,
     model_from_args,
@@ -67,21 +68,14 @@ def _clean_samples(args: argparse.Namespace, input_shape, reference: bool) -> Op
         from captum_global.world import make_dataset
 
         return make_dataset(args.max_clean, seed=_CLEAN_SEED).images
-    from captum_global.loading import ImageFiles, load_tensor
+    from captum_global.loading import ImageFiles
 
     channels, height, width = input_shape
     if args.clean.is_dir():
         files = ImageFiles(args.clean, size=(height, width), channels=channels)
         images = torch.stack([files[i] for i in range(min(len(files), args.max_clean))])
     else:
-        images = load_tensor(args.clean, "--clean", dims=(4,))[: args.max_clean].float()
-        if images.shape[0] == 0:
-            raise UsageError(f"--clean {str(args.clean)!r} holds no images (shape {tuple(images.shape)})")
-        if tuple(images.shape[1:]) != tuple(input_shape):
-            raise UsageError(f"--clean holds images of shape {tuple(images.shape[1:])}, the model takes "
-                             f"{tuple(input_shape)}")
-        if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
-            raise UsageError("--clean must hold finite images in [0, 1]")
+        images = image_tensor_file(args.clean, "--clean", input_shape, args.max_clean)
     if images.shape[0] < 2:
         # the scan judges a stamp's success on other images than the one it was found on
         raise UsageError(f"--clean must give at least 2 clean images, got {images.shape[0]} "
