@@ -23,21 +23,38 @@ from captum_global._compat import format_additional_forward_args
 from captum_global._targets import TargetIndex
 from captum_global.errors import InvalidArgumentError
 
-__all__ = ["ScoredChunk", "iter_scores", "score_all", "index_additional_args", "class_softmax"]
+__all__ = ["ScoredChunk", "iter_scores", "score_all", "index_additional_args", "check_class_scores",
+           "class_softmax"]
 
 Inputs = Union[Tensor, Tuple[Tensor, ...]]
 Build = Callable[[Tensor], Tuple[Inputs, Tensor, Any]]
 
 
-def class_softmax(output: Tensor, option: str, instead: str, dim: int = 1) -> Tensor:
-    """Softmax of ``[N, classes, ...]`` model outputs over ``dim``; refused for one
-    score per example (``[N]``), where a softmax would mix the examples.
-    ``option`` names the setting that asked for it, ``instead`` the one to use."""
+def check_class_scores(output: Tensor, option: str, instead: Optional[str] = None, dim: int = 1) -> Tensor:
+    """``output`` if it holds class scores ``[N, classes, ...]`` with at least two classes along ``dim``.
+
+    A softmax over ``[N]`` outputs would run across the batch and mix the
+    examples; a softmax (or cross-entropy) over one class is the constant 1
+    (0), so every map built on it would be all zeros. ``option`` names the
+    setting that needs class scores, ``instead`` the one to use (if any).
+    """
+    use = f"; use {instead}" if instead else ""
     if output.dim() < 2:
         raise InvalidArgumentError(
             f"{option} needs [N, classes] model outputs, got shape {tuple(output.shape)} (one score per "
-            f"example, a softmax over which would mix the examples); use {instead}")
-    return output.softmax(dim=dim)
+            f"example, a softmax over which would mix the examples){use}")
+    if output.shape[dim] < 2:
+        raise InvalidArgumentError(
+            f"{option} needs at least two classes, got model outputs of shape {tuple(output.shape)}: a softmax "
+            f"over one class is 1 whatever the input, so the map would be all zeros{use}")
+    return output
+
+
+def class_softmax(output: Tensor, option: str, instead: str, dim: int = 1) -> Tensor:
+    """Softmax of ``[N, classes, ...]`` model outputs over ``dim`` (the classes, dimension 1 by default);
+    refused by :func:`check_class_scores` for one score per example or one class.
+    ``option`` names the setting that asked for it, ``instead`` the one to use."""
+    return check_class_scores(output, option, instead, dim).softmax(dim=dim)
 
 
 @dataclass

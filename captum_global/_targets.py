@@ -146,7 +146,7 @@ def parse_target(target: Any, num_examples: int, argument: str = "target") -> Ta
             raise InvalidArgumentTypeError(
                 f"{argument} must be an integer tensor of class indices, got dtype {target.dtype}"
             )
-        if target.numel() == 1 and target.dim() <= 1:
+        if target.numel() == 1:  # any shape, as Captum (tensor([[2]]) is class 2 for every example)
             return TargetIndex(torch.full((n, 1), int(target.reshape(-1)[0]), dtype=torch.long), n, argument)
         if target.dim() != 1:
             raise InvalidArgumentError(

@@ -186,7 +186,10 @@ def class_loss_gradient(
         and the caller treats them as zero.
     """
     points = tuple(p.detach().requires_grad_(True) for p in points)
-    args = points if additional_forward_args is None else points + tuple(additional_forward_args)
+    # the model gets copies in the graph (non-leaves): one that changes its input in place (x.sub_(mean))
+    # can, and the points we judge the output's variation by stay as drawn
+    args = tuple(p.clone() for p in points)
+    args = args if additional_forward_args is None else args + tuple(additional_forward_args)
     with torch.enable_grad():
         logits = check_model_output(forward_func(*args))
         if logits.dim() != 2 or logits.shape[0] != points[0].shape[0]:

@@ -18,6 +18,7 @@ are never unpickled beyond plain tensors and containers.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Dict, List, Tuple
@@ -38,6 +39,11 @@ def own_weights(model: nn.Module) -> WeightPoint:
     point = {n: t.detach() for n, t in model.named_parameters()}
     point.update({n: t.detach() for n, t in model.named_buffers()})
     return point
+
+
+def _snapshot(point: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Detached copies of ``point``'s tensors."""
+    return {n: t.detach().clone() for n, t in point.items()}
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -63,8 +69,8 @@ def _load_file(path: str, argument: str) -> Any:
 
 def _flatten(item: Any, argument: str, out: List[Tuple[str, Dict[str, Tensor]]]) -> None:
     """Append ``(label, state dict)`` pairs found in ``item``."""
-    if isinstance(item, nn.Module):
-        out.append((argument, item.state_dict()))
+    if isinstance(item, nn.Module):  # its current weights, copied: the module may be trained further
+        out.append((argument, _snapshot(item.state_dict())))
     elif _is_state_dict(item):
         out.append((argument, dict(item)))
     elif isinstance(item, Mapping):
@@ -131,14 +137,18 @@ def resolve_checkpoints(model: nn.Module, checkpoints: Any,
     """
     own = own_weights(model)
     if checkpoints is None:
-        return [own], ("model",), False
+        # a snapshot: the result keeps its weight points, which must not follow later changes of the model
+        return [_snapshot(own)], ("model",), False
     if callable(checkpoints) and not isinstance(checkpoints, nn.Module):
         try:
-            produced = checkpoints()
+            inspect.signature(checkpoints).bind()
         except TypeError as err:
             raise InvalidArgumentTypeError(
                 f"{argument} is a callable; it must take no argument and return or yield checkpoints ({err})"
             ) from None
+        except ValueError:  # no signature to inspect (some builtins): just call it
+            pass
+        produced = checkpoints()  # an error raised inside the caller's function is theirs: not relabelled
         found: List[Tuple[str, Dict[str, Tensor]]] = []
         _flatten(produced, argument + "()", found)
     else:
@@ -147,13 +157,14 @@ def resolve_checkpoints(model: nn.Module, checkpoints: Any,
     if not found:
         raise InvalidArgumentError(f"{argument} holds no checkpoint")
     persistent = list(model.state_dict().keys())
+    live = {t.untyped_storage().data_ptr() for t in own.values() if t.numel()}
     points, labels = [], []
     for label, state in found:
         state = _align(state, own, persistent, label)
         point = {}
         for name, mine in own.items():
-            if name not in state:  # a non-persistent buffer: the model's own
-                point[name] = mine
+            if name not in state:  # a non-persistent buffer: the model's own (copied, as above)
+                point[name] = mine.clone()
                 continue
             value = state[name]
             if tuple(value.shape) != tuple(mine.shape):
@@ -162,7 +173,10 @@ def resolve_checkpoints(model: nn.Module, checkpoints: Any,
                 )
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise InvalidArgumentError(f"{label}[{name!r}] holds NaN or infinite values")
-            point[name] = value.detach().to(device=mine.device, dtype=mine.dtype)
+            value = value.detach().to(device=mine.device, dtype=mine.dtype)
+            if value.untyped_storage().data_ptr() in live:  # model.state_dict() itself: copy, as above
+                value = value.clone()
+            point[name] = value
         points.append(point)
         labels.append(label)
     return points, tuple(labels), True

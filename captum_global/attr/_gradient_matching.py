@@ -223,7 +223,7 @@ def split_batch(batch, seen: int = 0) -> Tuple[Tensor, Tensor]:
     if not isinstance(x, Tensor):
         raise InvalidArgumentTypeError(f"data must yield tensor inputs, got {type(x).__name__}")
     y = torch.as_tensor(y)
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise InvalidArgumentError(
             "data must yield integer class labels (one per input); got labels of "
             f"shape {tuple(y.shape)} and dtype {y.dtype}"

@@ -162,7 +162,8 @@ def _trace(model: nn.Module, inputs: Tuple[Tensor, ...], args: Optional[Tuple]) 
                 continue
             bag.add(m.register_forward_pre_hook(pre(name)))
             bag.add(m.register_forward_hook(post))
-        model(*inputs, *(args or ()))
+        # copies: a model that changes its input in place must not change the caller's tensor
+        model(*(t.clone() if isinstance(t, Tensor) else t for t in inputs), *(args or ()))
     return calls
 
 

@@ -66,7 +66,9 @@ def gradient_pass(
                     "pick an eager module"
                 )
             bag.add(module.register_forward_hook(hook_for(name)))
-        output = model(*(x.detach().requires_grad_(True) for x in xs), *(args or ()))
+        # a copy of each input (a non-leaf, in the graph): a model that normalises its input in place
+        # (x.sub_(mean)) neither fails on a leaf that requires grad nor changes the caller's tensor
+        output = model(*(x.detach().requires_grad_(True).clone() for x in xs), *(args or ()))
         output = check_model_output(output)
         check_finite_output(output, "SISE", "the gradient pass (the unmasked inputs)")
         missing = [n for n in names if n not in acts]

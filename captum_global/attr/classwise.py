@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from captum_global._checks import (
     check_bool,
+    check_choice,
     check_finite_output,
     check_int,
     check_model_output,
@@ -49,6 +50,7 @@ from captum_global.attr._checkpoints import resolve_checkpoints
 from captum_global.attr._class_modes import cluster_assigner
 from captum_global.attr._image_parametrization import Parametrization
 from captum_global.attr._gradient_matching import (
+    DISTANCES,
     gradient_distance,
     make_loader,
     matched_parameter_names,
@@ -57,7 +59,7 @@ from captum_global.attr._gradient_matching import (
 )
 from captum_global.attr._trajectory_matching import trajectory_mode
 from captum_global.attr.classwise_types import ClassGradients, ClassWiseResult
-from captum_global.errors import InvalidArgumentError
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = ["ClassWiseSynthesis", "GradientMatchingSynthesis", "ClassWiseResult", "ClassGradients", "gradient_distance"]
 
@@ -179,12 +181,22 @@ class ClassWiseSynthesis(Attribution):
         row i for ``real_gradients.classes[i]``): ``[C]`` summed over the
         checkpoints, or ``[K, C]`` per checkpoint with ``per_checkpoint``."""
         model = self.forward_func
+        if not isinstance(real_gradients, ClassGradients):
+            raise InvalidArgumentTypeError(
+                f"real_gradients must be the ClassGradients of real_class_gradients(), got {type(real_gradients).__name__}")
+        check_choice(distance, "distance", DISTANCES)
+        per_checkpoint = check_bool(per_checkpoint, "per_checkpoint")
         images = check_tensor(images, "images", floating=True)
-        if images.dim() < 2 or images.shape[0] != len(real_gradients.classes):
+        shape = tuple(real_gradients.input_shape)
+        if images.dim() < 2 or images.shape[0] != len(real_gradients.classes) or tuple(images.shape[2:]) != shape:
             raise InvalidArgumentError(
-                f"images must have shape [{len(real_gradients.classes)}, n, *input_shape], "
-                f"got {tuple(images.shape)}"
+                f"images must have shape [{len(real_gradients.classes)}, n, *input_shape] with input_shape "
+                f"{shape} (one row per class of real_gradients, inputs shaped like the data), got {tuple(images.shape)}"
             )
+        if real_gradients.cluster_counts is not None and images.shape[1] != real_gradients.cluster_counts.shape[1]:
+            raise InvalidArgumentError(
+                f"images must hold one input per group of real_gradients ({real_gradients.cluster_counts.shape[1]} "
+                f"per class: input j imitates group j), got {images.shape[1]} per class")
         with parts.autograd_on(), preserved_model_state(model, eval_mode=True):
             table = torch.stack([torch.stack([
                 parts.class_distance(model, images[i], i, real_gradients, distance, False, [k]).detach()

@@ -5,7 +5,7 @@ Saliency Mapping of Deep Visual Classifiers", AAAI 2023 (the paper's full text
 was not available; the documentation's "Input-agnostic saliency" page says what
 is taken from the paper and what is ours).
 """
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from captum.attr import GradientAttribution
@@ -31,6 +31,7 @@ from captum_global._compat import (
     is_tuple,
 )
 from captum_global._model_state import preserved_model_state
+from captum_global._scoring import check_class_scores, index_additional_args
 from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global._targets import parse_target
 from captum_global.attr._agnostic import apply_refine, make_samplers, map_of, optimise_perturbations, scale_maps
@@ -138,10 +139,12 @@ class InputAgnosticSaliency(GradientAttribution):
                         for all, a 1-tuple, a list of ints or of 1-tuples
                         with one entry per example, an integer tensor).
                         Required. Each distinct class is optimised once.
-            additional_forward_args (Any, optional): passed unchanged after
-                        the inputs to every forward; they must not depend on
-                        the batch size (the synthetic batch has
-                        ``n_classes * samples_per_step`` rows).
+            additional_forward_args (Any, optional): passed after the
+                        inputs to every forward. As in Captum, a tensor
+                        whose first dimension is the number of examples is
+                        per-example: the synthetic points of a class get the
+                        row of the examples with that target (which must
+                        then agree); anything else is passed unchanged.
             distribution (str, Callable, Tensor or tuple): the samples ``D``.
                         ``"smooth"``: smooth random images in
                         ``value_range`` (uniform noise on a grid 8 times
@@ -243,11 +246,13 @@ class InputAgnosticSaliency(GradientAttribution):
         # (MC dropout) draws from a state seeded by ``seed``, and the caller's state comes back afterwards
         with preserved_model_state(self.forward_func, freeze_parameters=True), torch.inference_mode(False), \
                 seeded_global_rng(seed, cuda_devices(self.forward_func, *inputs_t)):
-            output_shape = self._probe(inputs_t, settings["value_range"], afa)
+            output_shape = self._probe(inputs_t, settings["value_range"], index_additional_args(
+                afa, torch.zeros(1, dtype=torch.long), n))
             rows = parsed.checked(output_shape).classes()
             classes = sorted(set(rows))
             rho = optimise_perturbations(
-                self.forward_func, samplers, classes, shapes, inputs_t, afa, make_generator(seed),
+                self.forward_func, samplers, classes, shapes, inputs_t,
+                _class_forward_args(afa, rows, classes, n, settings["samples_per_step"]), make_generator(seed),
                 settings, show_progress=show_progress, what=self.get_name(),
             )
 
@@ -294,7 +299,35 @@ class InputAgnosticSaliency(GradientAttribution):
                 f"forward_func must return [batch, classes] scores for InputAgnosticSaliency, "
                 f"got shape {tuple(out.shape)}"
             )
+        check_class_scores(out, "forward_func (InputAgnosticSaliency descends a cross-entropy over its classes)")
         return tuple(out.shape)
+
+
+def _class_forward_args(afa: Optional[Tuple], rows: List[int], classes: List[int], n: int,
+                        samples_per_step: int) -> Optional[Tuple]:
+    """The extra forward arguments of the synthetic batch (``[len(classes) * samples_per_step]``
+    rows, class by class).
+
+    As everywhere (:func:`~captum_global._scoring.index_additional_args`), a
+    tensor whose first dimension is the number of examples is per-example: a
+    synthetic point of class ``c`` gets the row of the examples with target
+    ``c``, which must then all have the same row (the map is per class).
+    """
+    if afa is None:
+        return None
+    first = [rows.index(c) for c in classes]
+    owner = torch.tensor([first[classes.index(c)] for c in rows])
+    own = index_additional_args(afa, torch.arange(n), n)
+    shared = index_additional_args(afa, owner, n)
+    for i, (a, mine, theirs) in enumerate(zip(afa, own, shared)):
+        if mine is not a and not torch.equal(mine, theirs):
+            example = int(((mine != theirs).reshape(n, -1).any(dim=1)).nonzero()[0])
+            raise InvalidArgumentError(
+                f"additional_forward_args[{i}] is per-example (its first dimension is the {n} examples) and "
+                f"differs between examples {int(owner[example])} and {example}, which have the same target "
+                f"{rows[example]}: InputAgnosticSaliency computes one map per class, so examples of one class "
+                "must share their per-example arguments")
+    return index_additional_args(afa, torch.tensor(first).repeat_interleave(samples_per_step), n)
 
 
 def _check_refine(refine) -> None:

@@ -197,7 +197,8 @@ class SISE(PerturbationAttribution):
                 class. ``float('-inf')`` keeps every non-constant map.
             score (str or callable): ``psi``; ``"logit"`` (default: the
                 model's output, as the paper), ``"softmax"`` (the class
-                probability), or a differentiable callable mapping the model
+                probability: softmax over dimension 1, which needs at least
+                two classes), or a differentiable callable mapping the model
                 output to scores of the same shape. The same ``psi`` filters
                 the maps (its gradient) and scores the masks.
             fusion (str): how block maps are fused, coarse deciding where:
@@ -359,7 +360,8 @@ def _score_function(score: Union[str, Callable[[Tensor], Tensor]]) -> Callable[[
     if score == "logit":
         return lambda out: out
     if score == "softmax":
-        return lambda out: class_softmax(out, "score='softmax'", "score='logit'", dim=-1)
+        # over dimension 1, the classes: the one softmax rule of RISE and the metrics
+        return lambda out: class_softmax(out, "score='softmax'", "score='logit'")
     raise InvalidArgumentError(f"score must be one of {_SCORES} or a callable, got {score!r}")
 
 

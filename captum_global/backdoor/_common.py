@@ -95,21 +95,21 @@ def check_threshold(threshold: Any) -> float:
     return check_number(threshold, "threshold", minimum=0.0, min_inclusive=False)
 
 
-def check_trigger_mask(trigger_mask: Any, height: int, width: int) -> Optional[Tensor]:
+def check_trigger_mask(trigger_mask: Any, height: int, width: int, argument: str = "trigger_mask") -> Optional[Tensor]:
     """``None`` or a bool ``[H, W]`` region matching the images."""
     if trigger_mask is None:
         return None
-    mask = check_tensor(trigger_mask, "trigger_mask", dims=(2,))
+    mask = check_tensor(trigger_mask, argument, dims=(2,))
     if tuple(mask.shape) != (height, width):
         raise InvalidArgumentError(
-            f"trigger_mask must have the images' spatial shape ({height}, {width}), got {tuple(mask.shape)}"
+            f"{argument} must have the images' spatial shape ({height}, {width}), got {tuple(mask.shape)}"
         )
     if mask.dtype != torch.bool:
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise InvalidArgumentError("trigger_mask must be a bool mask (or hold only 0 and 1)")
-        mask = mask.bool()
+        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise InvalidArgumentError(f"{argument} must be a bool mask (or hold only 0 and 1)")
+        mask = mask != 0
     if not bool(mask.any()):
-        raise InvalidArgumentError("trigger_mask must mark at least one pixel")
+        raise InvalidArgumentError(f"{argument} must mark at least one pixel")
     return mask.cpu()
 
 

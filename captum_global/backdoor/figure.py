@@ -3,7 +3,9 @@ from typing import Mapping, Optional, Sequence
 
 from torch import Tensor
 
+from captum_global.backdoor._common import check_trigger_mask
 from captum_global.backdoor.result import BackdoorScan
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = ["scan_figure"]
 
@@ -45,7 +47,11 @@ def scan_figure(
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
+    _check_figure_arguments(scans, class_names)
     rows = list(scans)
+    if planted is not None:
+        h, w = next(iter(scans.values())).trigger_masks.shape[-2:]
+        planted = check_trigger_mask(planted, h, w, "planted")
     columns = max(len(s.classes) for s in scans.values())
     fig = Figure(figsize=(1.75 * columns, 2.3 * len(rows)))
     axes = fig.subplots(len(rows), columns, squeeze=False)
@@ -79,3 +85,21 @@ def scan_figure(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _check_figure_arguments(scans, class_names) -> None:
+    """A non-empty mapping of scans, and a caption for every scanned class id."""
+    if not isinstance(scans, Mapping):
+        raise InvalidArgumentTypeError(
+            f"scans must be a mapping row label -> BackdoorScan, got {type(scans).__name__}")
+    if not scans:
+        raise InvalidArgumentError("scans is empty: give at least one BackdoorScan")
+    for label, scan in scans.items():
+        if not isinstance(scan, BackdoorScan):
+            raise InvalidArgumentTypeError(f"scans[{label!r}] must be a BackdoorScan, got {type(scan).__name__}")
+    if class_names is not None:
+        top = max(max(scan.classes) for scan in scans.values())
+        if isinstance(class_names, str) or len(class_names) <= top:
+            raise InvalidArgumentError(
+                f"class_names must hold a name for every class id up to {top} (it is indexed by class id), "
+                f"got {len(class_names) if not isinstance(class_names, str) else 'a string'}")

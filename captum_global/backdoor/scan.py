@@ -209,7 +209,7 @@ def scan_for_backdoor(
     stream = _batch_stream(train, opts["batch_size"], generator)
 
     def batches(round_: int):
-        return [next(stream) for _ in range(opts["check_every"])]
+        return [next(stream) for _ in range(_round_steps(round_, opts["n_steps"], opts["check_every"]))]
 
     try:
         with preserved_model_state(model, freeze_parameters=True):
@@ -259,7 +259,8 @@ def scan_for_backdoor(
         localisation=localisation(found.masks, region), num_evaluations=evaluations,
         seconds=time.perf_counter() - start,
         settings={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}, "seed": seed,
-                  "cell_pixels": cell, "steps_run": found.epochs * opts["check_every"],
+                  "cell_pixels": cell,
+                  "steps_run": min(found.epochs * opts["check_every"], opts["n_steps"]),
                   "inputs": "clean_inputs" if clean_inputs is not None else "smooth noise",
                   "num_inputs": int(inputs.shape[0]), "untestable": untestable},
     )
@@ -307,6 +308,12 @@ def _progress(show: bool, total: int):
     return tqdm(total=total, desc="scan_for_backdoor (schedule rounds)")
 
 
+def _round_steps(round_: int, n_steps: int, check_every: int) -> int:
+    """Steps in schedule round ``round_`` (from 1): ``check_every``, the last round
+    only what is left, so that exactly ``n_steps`` steps run in all."""
+    return min(check_every, n_steps - (round_ - 1) * check_every)
+
+
 def _batch_stream(inputs: Tensor, size: int, generator: torch.Generator):
     """Endless mini-batches: passes over ``inputs`` in a fresh seeded order each time."""
     while True:
@@ -335,7 +342,8 @@ def _per_image_cost(model, classes, inputs, opts, cell, shape, value_range, gene
         predicted = checked_logits(model, images, "scan_for_backdoor", "the per-image inputs").argmax(1).cpu()
     rounds = math.ceil(opts["per_image_steps"] / opts["check_every"])
     found = reverse_triggers(
-        model, classes, lambda round_: [images] * opts["check_every"], shape, cell, rounds, opts["lr"],
+        model, classes, lambda round_: [images] * _round_steps(round_, opts["per_image_steps"], opts["check_every"]),
+        shape, cell, rounds, opts["lr"],
         opts["init_cost"], opts["cost_multiplier"], opts["patience"], opts["early_stop_patience"],
         opts["attack_success"], value_range, generator, device, dtype, per_image=images,
     )

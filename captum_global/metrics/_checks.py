@@ -10,6 +10,7 @@ import functools
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -80,6 +81,11 @@ def check_image_size(image_size: Any) -> Optional[Tuple[int, int]]:
     """``None`` or ``(H, W)`` of positive ints (NumPy ints and 1-D tensors of two ints accepted)."""
     if image_size is None:
         return None
+    if isinstance(image_size, (Tensor, np.ndarray)) and image_size.ndim == 1 and len(image_size) == 2:
+        if isinstance(image_size, Tensor) and (image_size.is_floating_point() or image_size.is_complex()
+                                               or image_size.dtype == torch.bool):
+            raise InvalidArgumentTypeError(f"image_size must hold ints, got dtype {image_size.dtype}")
+        image_size = image_size.tolist()  # Python ints (a float array keeps floats and is refused below)
     if isinstance(image_size, (torch.Size, list, tuple)) and len(image_size) == 2:
         return (check_int(image_size[0], "image_size[0]", minimum=1), check_int(image_size[1], "image_size[1]", minimum=1))
     raise InvalidArgumentError(f"image_size must be None or a pair (H, W) of positive ints, got {image_size!r}")

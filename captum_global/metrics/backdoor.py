@@ -179,17 +179,9 @@ def mad_anomaly_index(values: Tensor, leave_one_out: bool = False, min_scale: fl
         >>> round(float(mad_anomaly_index(v, leave_one_out=True, min_scale=0.5)[0]), 2)  # (3.15 - 1) / 0.5
         4.3
     """
-    if not isinstance(values, Tensor):
-        raise InvalidArgumentTypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
     leave_one_out = check_bool(leave_one_out, "leave_one_out")
-    minimum = 3 if leave_one_out else 2
-    if values.dim() == 0 or values.shape[-1] < minimum:
-        raise InvalidArgumentError(
-            f"values must hold at least {minimum} entries along the last dimension, got {tuple(values.shape)}"
-        )
+    values = _statistics(values, 3 if leave_one_out else 2)
     min_scale = check_number(min_scale, "min_scale", minimum=0.0)
-    values = values.double() if values.dtype == torch.float64 else values.float()
-    check_finite(values, "values")
     if not leave_one_out:
         return _index_against(values, values, min_scale)
     count = values.shape[-1]
@@ -198,6 +190,24 @@ def mad_anomaly_index(values: Tensor, leave_one_out: bool = False, min_scale: fl
         others = torch.cat([values[..., :i], values[..., i + 1:]], dim=-1)
         columns.append(_index_against(values[..., i:i + 1], others, min_scale))
     return torch.cat(columns, dim=-1)
+
+
+def _statistics(values: Tensor, minimum: int) -> Tensor:
+    """``values`` checked (a real, finite tensor with at least ``minimum`` entries
+    along the last dimension) and in the precision the index is computed in:
+    float64 stays float64, anything else becomes float32."""
+    if not isinstance(values, Tensor):
+        raise InvalidArgumentTypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
+    if values.dtype == torch.bool or values.is_complex():
+        raise InvalidArgumentTypeError(f"values must hold real numbers (per-class statistics), got dtype {values.dtype}")
+    if values.dim() == 0 or values.shape[-1] < minimum:
+        raise InvalidArgumentError(
+            f"values must hold at least {minimum} entries along the last dimension, got {tuple(values.shape)}"
+        )
+    if values.numel() == 0:
+        raise InvalidArgumentError(f"values must hold at least one row of statistics, got shape {tuple(values.shape)}")
+    values = values.double() if values.dtype == torch.float64 else values.float()
+    return check_finite(values, "values")
 
 
 def _index_against(values: Tensor, reference: Tensor, min_scale: float) -> Tensor:
@@ -238,6 +248,7 @@ def flag_anomalies(values: Tensor, threshold: float = 2.0, direction: str = "hig
     threshold = check_number(threshold, "threshold", minimum=0.0)
     direction = check_choice(direction, "direction", ("high", "low", "both"))
     index = mad_anomaly_index(values, min_scale=min_scale)
-    median = values.float().quantile(0.5, dim=-1, keepdim=True)
+    values = _statistics(values, 2)  # the side is judged in the precision of the index
+    median = values.quantile(0.5, dim=-1, keepdim=True)
     side = {"high": values > median, "low": values < median, "both": values != median}[direction]
     return (index > threshold) & side
