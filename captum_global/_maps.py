@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
+
 __all__ = ["to_heatmap", "minmax_normalise", "resize_maps", "otsu_threshold", "NO_SIGNAL_RTOL"]
 
 _EPS = 1e-12
@@ -27,16 +29,21 @@ def to_heatmap(attributions: Union[Tensor, Tuple[Tensor, ...]], sign: str = "pos
     """
     if isinstance(attributions, tuple):
         if len(attributions) != 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"attributions must be one tensor or a 1-tuple for a heat map, got a {len(attributions)}-tuple"
             )
         attributions = attributions[0]
+    if not isinstance(attributions, Tensor):
+        raise InvalidArgumentTypeError(
+            f"attributions must be a tensor [N, C, H, W] or [N, H, W] (or a 1-tuple of one), "
+            f"got {type(attributions).__name__}"
+        )
     if attributions.dim() == 4:
         maps = attributions.sum(dim=1)
     elif attributions.dim() == 3:
         maps = attributions
     else:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"attributions must have shape [N, C, H, W] or [N, H, W], got {tuple(attributions.shape)}"
         )
     if sign == "positive":
@@ -45,7 +52,7 @@ def to_heatmap(attributions: Union[Tensor, Tuple[Tensor, ...]], sign: str = "pos
         return maps.abs()
     if sign == "all":
         return maps
-    raise ValueError(f"sign must be 'positive', 'absolute' or 'all', got {sign!r}")
+    raise InvalidArgumentError(f"sign must be 'positive', 'absolute' or 'all', got {sign!r}")
 
 
 # A map whose values differ by less than this share of their magnitude holds

@@ -19,7 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from captum_global._maps import to_heatmap
+from captum_global._checks import check_finite, check_tensor
+from captum_global._maps import minmax_normalise, to_heatmap
+from captum_global.errors import InvalidArgumentError
 
 __all__ = ["explanation_gallery", "class_map_grid", "synthetic_set_grid", "classwise_sets_figure", "save"]
 
@@ -31,9 +33,10 @@ def _hwc(image: Tensor) -> np.ndarray:
 def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
     """Draw one heat map over its image with Captum's visualiser."""
     attr = heatmap.detach().float().cpu()[..., None].numpy()
-    if float(np.abs(attr).max()) == 0.0:
-        # Captum's normaliser divides by the map's maximum: an all-zero map
-        # would become NaN, so show the plain image and say so.
+    if float(minmax_normalise(heatmap.detach().float().cpu()[None]).max()) == 0.0:
+        # A map with no signal (all zero, or constant up to round-off): Captum's
+        # normaliser would divide by zero or stretch a constant to full heat,
+        # so show the plain image and say so.
         ax.imshow(_hwc(image))
         title = f"{title}\n(empty map)"
     else:
@@ -43,6 +46,26 @@ def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
         )
     ax.set_title(title, fontsize=7)
     ax.axis("off")
+
+
+def _checked_heatmaps(maps: Tensor, argument: str, count: int, sign: str, per: str) -> Tensor:
+    """``maps`` as finite ``[N, H, W]`` heat maps, ``count`` of them (one per ``per``)."""
+    if not isinstance(maps, (Tensor, tuple)):
+        raise InvalidArgumentError(f"{argument} must be a tensor [N, C, H, W] or [N, H, W], got {type(maps).__name__}")
+    heat = check_finite(to_heatmap(maps, sign=sign), argument)
+    if heat.shape[0] != count:
+        raise InvalidArgumentError(f"{argument} holds {heat.shape[0]} map(s) for {count} {per}")
+    return heat
+
+
+def _box_of(highlight: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if not isinstance(highlight, Tensor) or highlight.dim() != 2:
+        shape = tuple(highlight.shape) if isinstance(highlight, Tensor) else type(highlight).__name__
+        raise InvalidArgumentError(f"highlight must be an [H, W] bool region, got {shape}")
+    ys, xs = torch.nonzero(highlight, as_tuple=True)
+    if xs.numel() == 0:
+        raise InvalidArgumentError("highlight marks no pixel: give the region to outline, or highlight=None")
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
 
 
 def _grid(rows: int, cols: int, figsize: Tuple[float, float]):
@@ -89,9 +112,13 @@ def explanation_gallery(
         >>> len(fig.axes)  # one image and two maps per row
         6
     """
+    images = check_tensor(images, "images", dims=(4,))
     n = images.shape[0]
     names = list(attributions)
-    heatmaps = {name: to_heatmap(attr) for name, attr in attributions.items()}
+    heatmaps = {name: _checked_heatmaps(attr, f"attributions[{name!r}]", n, "positive", "image(s)")
+                for name, attr in attributions.items()}
+    if row_titles is not None and len(row_titles) != n:
+        raise InvalidArgumentError(f"row_titles holds {len(row_titles)} caption(s) for {n} image(s)")
     fig, axes = _grid(n, len(names) + 1, (1.9 * (len(names) + 1), 2.1 * n))
     for i in range(n):
         ax = axes[i, 0]
@@ -132,15 +159,22 @@ def class_map_grid(
         matplotlib.figure.Figure
     """
     rows = list(maps_by_model)
+    # each map min-max scaled on its own, as imshow would, except that a map
+    # with no signal (constant up to round-off) stays zero, never stretched noise
+    heats = {}
+    for label in rows:
+        heat = _checked_heatmaps(maps_by_model[label], f"maps_by_model[{label!r}]", len(class_names), "absolute",
+                                 "class name(s)")
+        heats[label] = minmax_normalise(heat.detach().float().cpu())
+    box = None if highlight is None else _box_of(highlight)
     fig, axes = _grid(len(rows), len(class_names), (1.8 * len(class_names), 1.9 * len(rows)))
     for i, label in enumerate(rows):
-        heat = to_heatmap(maps_by_model[label], sign="absolute")
+        heat = heats[label]
         for j, cname in enumerate(class_names):
             ax = axes[i, j]
-            ax.imshow(heat[j].detach().cpu().numpy(), cmap="inferno")
-            if highlight is not None:
-                ys, xs = torch.nonzero(highlight, as_tuple=True)
-                _draw_box(ax, (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), color="cyan")
+            ax.imshow(heat[j].numpy(), cmap="inferno", vmin=0.0, vmax=1.0)
+            if box is not None:
+                _draw_box(ax, box, color="cyan")
             ax.set_title(f"{label}\n{cname}" if j == 0 else cname, fontsize=7)
             ax.axis("off")
     if title:
@@ -232,10 +266,7 @@ def classwise_sets_figure(
     cols = len(ratios)
     fig = Figure(figsize=(1.2 * sum(ratios) + 0.5, 1.35 * n_classes + 0.5))
     axes = fig.subplots(n_classes, cols, squeeze=False, gridspec_kw={"width_ratios": ratios})
-    box = None
-    if highlight is not None:
-        ys, xs = torch.nonzero(highlight, as_tuple=True)
-        box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    box = None if highlight is None else _box_of(highlight)
     change = None
     if n_change:
         change = (syn - initial_images[:, :max_images].to(syn.device)).abs().sum(2).detach().float().cpu()

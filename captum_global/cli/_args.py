@@ -67,6 +67,14 @@ def _items(text: str) -> List[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _strict_items(text: str, expected: str) -> List[str]:
+    """The comma-separated values of ``text``; an empty one (``0.5,,0.5``) is a mistake, not a skip."""
+    values = [v.strip() for v in text.split(",")]
+    if not text.strip() or any(not v for v in values):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r} (an empty value between commas)")
+    return values
+
+
 def name_list(choices: Sequence[str]) -> Callable[[str], List[str]]:
     """An argparse type: comma-separated names, each one of ``choices``, at least one."""
     def parse(text: str) -> List[str]:
@@ -82,7 +90,7 @@ def name_list(choices: Sequence[str]) -> Callable[[str], List[str]]:
 
 def int_list(text: str) -> List[int]:
     """An argparse type: comma-separated distinct ints >= 0."""
-    values = [int_in(0)(v) for v in _items(text)]
+    values = [int_in(0)(v) for v in _strict_items(text, "distinct comma-separated class indices")]
     if not values or len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"expected distinct comma-separated class indices, got {text!r}")
     return values
@@ -90,7 +98,7 @@ def int_list(text: str) -> List[int]:
 
 def float_list(text: str) -> List[float]:
     """An argparse type: comma-separated finite numbers."""
-    values = [_finite(v) for v in _items(text)]
+    values = [_finite(v) for v in _strict_items(text, "comma-separated numbers")]
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
     return values
@@ -122,10 +130,22 @@ def existing_path(text: str) -> Path:
     return path
 
 
+def _finite_json_float(refuse: Callable[[str], None]) -> Callable[[str], float]:
+    def parse(word: str) -> float:
+        value = float(word)
+        if not math.isfinite(value):  # 1e999 overflows to infinity
+            refuse(word)
+        return value
+    return parse
+
+
 def json_object(text: str) -> Dict[str, Any]:
     """An argparse type: a JSON object (lists become tuples, as Captum wants window shapes)."""
+    def non_finite(word: str) -> None:  # Python's json reads NaN and Infinity; no setting wants them
+        raise argparse.ArgumentTypeError(f"must hold finite numbers, got {word} in {text!r}")
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=non_finite, parse_float=_finite_json_float(non_finite))
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"n_steps\": 32}}': {error}") from None
     if not isinstance(value, dict):

@@ -4,7 +4,14 @@ from pathlib import Path
 
 from captum_global.cli._args import int_in, name_list, prepare_output
 
-DEMO_FILES = ("*.png", "metrics.json", "metrics.md")
+
+def _demo_files():
+    """Glob patterns of exactly the files ``run_demo`` writes (``--force`` removes these, no other PNG)."""
+    from captum_global.lineup import LINEUP
+
+    parts = sorted({f"{spec.parts_file or 'parts_' + spec.name}_*.png" for spec in LINEUP
+                    if spec.build_with_parts is not None})
+    return ("gallery_*.png", "backdoor_*.png", "classwise_*.png", *parts, "metrics.json", "metrics.md")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -33,7 +40,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from captum_global.demo import run_demo
 
-    prepare_output(args.out, args.force, DEMO_FILES)
+    prepare_output(args.out, args.force, _demo_files())
     run_demo(args.out, archs=args.archs, n_images=args.images, methods=args.methods,
              photos=not args.no_photos, quick=args.quick)
     return 0

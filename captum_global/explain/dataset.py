@@ -137,6 +137,8 @@ def explain_dataset(
         if output.dim() != 2:
             raise InvalidArgumentError(f"model must return class scores [N, classes], got {tuple(output.shape)}")
         targets_for, target_rule = _target_rule(target, n_examples, output.shape[1])
+        if target_rule == "labels":
+            _check_dataset_labels(dataset, names, output.shape[1])
         explain, described = resolve_method(model, method, layer, example, attribute_kwargs)
         settings = _jsonable({
             **described, "attribute_kwargs": attribute_kwargs, "target": target_rule, "shard_size": shard_size,
@@ -240,6 +242,17 @@ def _target_rule(target: Any, n_examples: int, n_classes: int):
     single = parse_target(target, 1).checked((1, n_classes)).classes()[0]
     return (lambda model, inputs, labels, start, stop: torch.full((stop - start,), single, dtype=torch.int64)), \
         {"class": single}
+
+
+def _check_dataset_labels(dataset: Any, names: List[str], n_classes: int) -> None:
+    """Labels a dataset lists up front (an image folder's): refuse one that is no class before any work."""
+    labels = getattr(dataset, "labels", None)
+    if not isinstance(labels, (list, tuple)) or len(labels) != len(names):
+        return  # other datasets' labels are checked batch by batch
+    for i, label in enumerate(labels):
+        if isinstance(label, int) and not 0 <= label < n_classes:
+            raise InvalidArgumentError(f"target: label {label} of example {i} ({names[i]}) is not a class "
+                                       f"0..{n_classes - 1}")
 
 
 def _checked_maps(maps: Any, n: int, method: str, k: int, start: int, stop: int) -> Tensor:

@@ -20,11 +20,13 @@ from torch import Tensor, nn
 import captum_global.attr
 from captum_global._checks import check_choice
 from captum_global._maps import resize_maps
+from captum_global._targets import parse_target
 from captum_global.attr import InputAgnosticSaliency
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.lineup import MethodSpec, last_spatial_layer
 
-__all__ = ["MethodLike", "BoundMethod", "bind_method", "reduce_channels", "as_target_list", "CHANNEL_REDUCTIONS"]
+__all__ = ["MethodLike", "BoundMethod", "bind_method", "reduce_channels", "as_target_list", "num_classes_of",
+           "CHANNEL_REDUCTIONS"]
 
 MethodLike = Union[str, type, Attribution, MethodSpec]
 CHANNEL_REDUCTIONS = ("mean", "sum", "none")
@@ -244,9 +246,22 @@ def reduce_channels(attributions: Any, input_size: Sequence[int], channel_reduce
     return resize_maps(maps.float(), tuple(input_size))
 
 
-def as_target_list(targets: Any, n: int) -> List[int]:
-    """Integer class targets (NumPy array, list, tensor or one int) as one int per example."""
-    values = targets if isinstance(targets, Tensor) else torch.as_tensor(np.asarray(targets))
+def as_target_list(targets: Any, n: int, num_classes: Optional[int] = None) -> List[int]:
+    """Integer class targets (NumPy array, list, tensor or one int) as one int per example.
+
+    With ``num_classes`` every target is checked against the model's classes
+    (negative ones count from the end, as in Captum) by the package's one
+    target rule, :func:`captum_global._targets.parse_target`.
+    """
+    if isinstance(targets, Tensor):
+        values = targets
+    else:
+        array = np.asarray(targets) if targets is not None else None
+        if array is None or array.dtype.kind not in "iubfc":
+            kind = "None" if array is None else f"{type(targets).__name__} of dtype {array.dtype}"
+            raise InvalidArgumentTypeError(f"targets must be integer class indices (an int, a list, a NumPy "
+                                           f"array or a tensor), got {kind}")
+        values = torch.as_tensor(array)
     values = values.reshape(-1)
     if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
         raise InvalidArgumentTypeError(f"targets must be integer class indices, got dtype {values.dtype}")
@@ -254,4 +269,24 @@ def as_target_list(targets: Any, n: int) -> List[int]:
         values = values.expand(n)
     if values.numel() != n:
         raise InvalidArgumentError(f"targets has {values.numel()} entries for {n} inputs: give one per input")
+    if num_classes is not None:
+        return parse_target(values.detach().cpu().long().contiguous(), n, "targets").checked((n, num_classes)).classes()
     return [int(v) for v in values]
+
+
+def num_classes_of(model: nn.Module, inputs: Tensor) -> int:
+    """The model's number of classes, from one no-grad eval-mode pass on ``inputs[:1]`` (state restored)."""
+    from captum_global._checks import check_model_output
+    from captum_global._model_state import preserved_model_state
+
+    with preserved_model_state(model), torch.no_grad():
+        try:
+            output = model(inputs[:1])
+        except Exception as error:  # e.g. channel-last arrays: the message names the input, not a layer
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise InvalidArgumentError(f"inputs: the model does not run on a batch of shape {tuple(inputs.shape)} "
+                                       f"(channel-first [N, C, H, W] expected): {reason}") from None
+        output = check_model_output(output, "model")
+    if output.dim() != 2:
+        raise InvalidArgumentError(f"model must return class scores [N, classes], got shape {tuple(output.shape)}")
+    return int(output.shape[1])

@@ -21,11 +21,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_global._checks import check_bool, check_module
+from captum_global._checks import check_bool, check_finite, check_module, check_tensor
 from captum_global._maps import minmax_normalise
 from captum_global._model_state import HookBag
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
-from captum_global.integrations._methods import MethodLike, bind_method, reduce_channels
+from captum_global.integrations._methods import (
+    MethodLike,
+    as_target_list,
+    bind_method,
+    num_classes_of,
+    reduce_channels,
+)
 
 __all__ = ["AttributionCAM", "attributions_to_cams"]
 
@@ -64,7 +70,7 @@ def attributions_to_cams(attributions: Any, relu: bool = True, normalise: bool =
             f"attributions must be a tensor [N, C, H, W] or [N, H, W], got {type(attributions).__name__}"
         )
     size = (attributions[0] if isinstance(attributions, tuple) else attributions).shape[-2:]
-    maps = reduce_channels(attributions, size, "mean")[:, 0]
+    maps = check_finite(reduce_channels(attributions, size, "mean")[:, 0], "attributions")
     if relu:
         maps = maps.clamp(min=0)
     if normalise:
@@ -189,7 +195,13 @@ class AttributionCAM:
         if not isinstance(input_tensor, Tensor) or input_tensor.dim() != 4:
             shape = tuple(input_tensor.shape) if isinstance(input_tensor, Tensor) else type(input_tensor).__name__
             raise InvalidArgumentError(f"input_tensor must be an image batch [N, C, H, W], got {shape}")
+        input_tensor = check_tensor(input_tensor, "input_tensor", dims=(4,))
         n = input_tensor.shape[0]
+        if targets is not None and not isinstance(targets, (list, tuple)):
+            raise InvalidArgumentTypeError(
+                f"targets must be a list of grad-cam targets, one per image (e.g. [ClassifierOutputTarget(k)]), "
+                f"got a {type(targets).__name__}"
+            )
         if targets is None:
             with torch.no_grad():
                 targets_int: List[Optional[int]] = [int(c) for c in self.model(input_tensor).argmax(dim=-1)]
@@ -201,6 +213,10 @@ class AttributionCAM:
                 raise InvalidArgumentTypeError("targets must be grad-cam target callables, e.g. ClassifierOutputTarget(k)")
             targets_int = [_class_of(t) for t in targets]
             callables = list(targets)
+            given = [c for c in targets_int if c is not None]
+            if given:  # a class out of range fails here, naming targets, not deep in an index operation
+                checked = iter(as_target_list(given, len(given), num_classes_of(self.model, input_tensor)))
+                targets_int = [None if c is None else next(checked) for c in targets_int]
         if all(c is not None for c in targets_int):
             attributions = self._bound(input_tensor, targets_int, **self.attribute_kwargs)
         else:

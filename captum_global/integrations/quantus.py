@@ -27,9 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from captum_global._checks import check_module
+from captum_global._checks import check_module, check_tensor
 from captum_global.errors import InvalidArgumentError
-from captum_global.integrations._methods import MethodLike, as_target_list, bind_method, reduce_channels
+from captum_global.integrations._methods import (
+    MethodLike,
+    as_target_list,
+    bind_method,
+    num_classes_of,
+    reduce_channels,
+)
 
 __all__ = ["explain", "InputAgnosticWarning"]
 
@@ -143,7 +149,8 @@ def explain(
     x = x.to(device=_device_of(model, device), dtype=dtype)
     if x.dim() != 4:
         raise InvalidArgumentError(f"inputs must be a channel-first image batch [N, C, H, W], got {tuple(x.shape)}")
-    target = torch.tensor(as_target_list(targets, x.shape[0]), device=x.device)
+    x = check_tensor(x, "inputs", dims=(4,))
+    target = torch.tensor(as_target_list(targets, x.shape[0], num_classes_of(model, x)), device=x.device)
     if bound.takes_seed:
         attribute_kwargs.setdefault("seed", 0)
     attributions = bound(x, target, **attribute_kwargs)

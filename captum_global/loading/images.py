@@ -62,16 +62,23 @@ class ImageFiles(Dataset):
         if not root.is_dir():
             raise InvalidArgumentError(f"images: no such folder: {str(root)!r}")
         self.root = root
-        self.files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        # hidden files and folders (names starting with '.') are skipped: '.ipynb_checkpoints/' copies,
+        # macOS '._name.png' resource forks and '.git/' are not images of the data set
+        self.files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(root).parts))
         if not self.files:
-            raise InvalidArgumentError(f"images: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {str(root)!r}")
+            raise InvalidArgumentError(f"images: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {str(root)!r} "
+                                       "(hidden files and folders are skipped)")
         self.names = [p.relative_to(root).as_posix() for p in self.files]
         self.channels = check_int(channels, "channels", minimum=1)
         if self.channels not in (1, 3):
             raise InvalidArgumentError(f"channels must be 1 or 3, got {channels}")
         if size is None:
-            with Image.open(self.files[0]) as first:
-                size = (first.height, first.width)
+            try:
+                with Image.open(self.files[0]) as first:
+                    size = _upright_size(first)
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                raise InvalidArgumentError(f"images: cannot read {str(self.files[0])!r}: {error}") from None
         self.size = (check_int(size[0], "size[0]", minimum=1), check_int(size[1], "size[1]", minimum=1))
         self.labels = None if labels is None else _labels_for(self.names, labels)
 
@@ -97,6 +104,12 @@ class ImageFiles(Dataset):
 _WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 
 
+def _upright_size(image) -> Tuple[int, int]:
+    """``(H, W)`` of ``image`` as shown, after its EXIF orientation (a quarter turn swaps them)."""
+    orientation = image.getexif().get(0x0112, 1)
+    return (image.width, image.height) if orientation in (5, 6, 7, 8) else (image.height, image.width)
+
+
 def _unit_array(image, channels: int, size: Tuple[int, int]):
     """``[H, W]`` (grey) or ``[H, W, 3]`` float32 in ``[0, 1]`` at ``size``.
 
@@ -108,7 +121,10 @@ def _unit_array(image, channels: int, size: Tuple[int, int]):
     import numpy as np
     from PIL import Image
 
+    from PIL import ImageOps
+
     height, width = size
+    image = ImageOps.exif_transpose(image)  # a camera's EXIF orientation: the picture as it is shown
     if image.mode in _WIDE_MODES:
         array = np.asarray(image, dtype=np.float64) / _WIDE_MODES[image.mode]
         grey = Image.fromarray(np.clip(array, 0.0, 1.0).astype(np.float32), mode="F")
@@ -139,11 +155,16 @@ def _labels_for(names: List[str], labels: Union[PathLike, Mapping[str, int]]) ->
                 raise InvalidArgumentError(f"labels: {str(path)!r} must hold a JSON object {{file: label}}")
         else:
             rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
-            if rows and not rows[0][-1].strip().lstrip("-").isdigit():
-                rows = rows[1:]  # a header row
+            if rows and not _is_number(rows[0][-1]):
+                rows = rows[1:]  # a header row ('file,label'); a row with a number such as 1.5 is data
             if any(len(r) != 2 for r in rows):
                 raise InvalidArgumentError(f"labels: {str(path)!r} must have rows 'file,label'")
-            labels = {r[0].strip(): r[1].strip() for r in rows}
+            labels = {}
+            for name, value in ((r[0].strip(), r[1].strip()) for r in rows):
+                if name in labels and labels[name] != value:
+                    raise InvalidArgumentError(f"labels: {str(path)!r} gives {name!r} two labels, "
+                                               f"{labels[name]!r} and {value!r}")
+                labels[name] = value
     missing = [n for n in names if n not in labels]
     if missing:
         raise InvalidArgumentError(f"labels: no label for {len(missing)} image(s), e.g. {missing[:_SHOWN]}")
@@ -155,3 +176,11 @@ def _labels_for(names: List[str], labels: Union[PathLike, Mapping[str, int]]) ->
         except ValueError:
             raise InvalidArgumentError(f"labels[{name!r}] must be a class index, got {value!r}") from None
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.strip())
+    except ValueError:
+        return False
+    return True

@@ -166,6 +166,9 @@ def build_architecture(arch: str, num_classes: Optional[int] = None) -> nn.Modul
         target: Any = importlib.import_module(module_name)
     except ImportError as error:
         raise InvalidArgumentError(f"arch={arch!r}: cannot import module {module_name!r} ({error})") from None
+    except Exception as error:  # the user's module fails while it is imported (SyntaxError, its own errors)
+        raise InvalidArgumentError(f"arch={arch!r}: importing module {module_name!r} failed: "
+                                   f"{type(error).__name__}: {_first_line(error)}") from None
     for part in parts:
         if not hasattr(target, part):
             raise InvalidArgumentError(f"arch={arch!r}: module {module_name!r} has no attribute {attribute!r}")
@@ -215,6 +218,15 @@ def _check_keys(model: nn.Module, weights: Dict[str, Tensor], path: Path, arch: 
             lines.append(f"  (the file's classifier has {weights[last].shape[0]} outputs: "
                          f"pass num_classes={weights[last].shape[0]}?)")
     raise InvalidArgumentError("\n".join(lines))
+
+
+def _check_finite_weights(model: nn.Module, path: Path) -> None:
+    """Refuse weights holding NaN or infinity: every map built on them would be meaningless."""
+    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise InvalidArgumentError(f"path: the weights in {str(path)!r} hold NaN or infinite values in "
+                                   f"{len(bad)} tensor(s): {bad[:_SHOWN]}")
 
 
 def _check_runs(model: nn.Module, path: Path, input_shape: Tuple[int, ...], num_classes: Optional[int]) -> None:
@@ -330,6 +342,7 @@ def load_model(
         model.load_state_dict(weights, strict=True)
         model.to(map_location)
     model.eval()
+    _check_finite_weights(model, path)
     if mean is not None or std is not None or value_range is not None:
         model = NormalizedModel(model, mean, std, value_range).to(map_location).eval()
         if input_shape is not None and model.mean.shape[1] not in (1, input_shape[0]):
