@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError, NonFiniteOutputError
 
 __all__ = ["to_heatmap", "minmax_normalise", "resize_maps", "otsu_threshold", "NO_SIGNAL_RTOL"]
 
@@ -66,9 +66,15 @@ def minmax_normalise(maps: Tensor, start_dim: int = 1) -> Tensor:
 
     A map with no signal (constant, or varying only by float round-off:
     a spread below ``NO_SIGNAL_RTOL`` of its magnitude) becomes all zeros
-    rather than NaN or stretched noise: it carries no ranking.
+    rather than NaN or stretched noise: it carries no ranking. A map holding
+    NaN or infinity raises :class:`~captum_global.errors.NonFiniteOutputError`
+    (it would otherwise read as such an empty map).
     """
     flat = maps.flatten(start_dim)
+    if not bool(torch.isfinite(flat).all()):
+        bad = sorted({int(i) for i in (~torch.isfinite(flat)).flatten(1).any(dim=1).nonzero().flatten()})
+        raise NonFiniteOutputError(
+            f"maps {bad[:8]} hold NaN or infinite values; a map computed from them would read as 'no evidence'")
     low = flat.min(dim=-1, keepdim=True).values
     high = flat.max(dim=-1, keepdim=True).values
     span = high - low

@@ -20,16 +20,7 @@ from captum_global.loading import load_tensor
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _processes import outputs_of  # noqa: E402
-
-
-def usage_error(argv, capsys):
-    """Run ``main(argv)``; assert exit status 2 with usage and error lines; return stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert err.startswith("usage: captum-global") and "error: " in err and "Traceback" not in err
-    return err
+from _cli_errors import usage_error  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ hidden files in image folders, EXIF orientation, label files, --force in the dem
 with no signal or NaN in figures, and every target format of the quantus / grad-cam adapters."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ from captum_global.cli import main
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.loading import ImageFiles, load_model
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _cli_errors import usage_error  # noqa: E402
+
 torch.set_num_threads(1)
 
 NET_SOURCE = """
@@ -24,16 +28,6 @@ def net(num_classes=3):
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(4, num_classes))
 """
-
-
-def usage_error(argv, capsys):
-    """``main(argv)`` ends with exit status 2, the usage line and one error line, no traceback; stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert err.startswith("usage: captum-global") and "error: " in err and "Traceback" not in err
-    return err
 
 
 @pytest.fixture

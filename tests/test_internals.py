@@ -37,6 +37,22 @@ def test_minmax_constant_map_is_zero_not_nan():
     assert torch.equal(out, torch.zeros(2, 3, 3))
 
 
+def test_minmax_refuses_non_finite_maps_instead_of_zeroing_them():
+    from captum_global.errors import NonFiniteOutputError
+
+    maps = torch.zeros(3, 2, 2)
+    maps[0] = torch.tensor([[0.0, 2.0], [1.0, 4.0]])
+    maps[2, 0, 1] = float("nan")
+    with pytest.raises(NonFiniteOutputError, match=r"maps \[2\]"):
+        minmax_normalise(maps)
+    maps[2] = float("inf")
+    maps[1] = float("nan")
+    with pytest.raises(NonFiniteOutputError, match=r"maps \[1, 2\]"):
+        minmax_normalise(maps)
+    maps[1:] = 0.0
+    assert torch.equal(minmax_normalise(maps)[0], torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+
+
 def test_resize_matches_captum_interpolate():
     from captum.attr import LayerAttribution
 
