@@ -26,6 +26,11 @@ and batch order, no poison):
   the pixel and the spectral parametrisation, and for the final weights
   only (no trajectory) with pixels.
 
+Options change one thing at a time: ``--init shared-real`` starts every
+class's set (the model's and the twin's) from the same clean real images,
+``--priors`` adds priors (e.g. the class prior), ``--checkpoints`` matches
+only some checkpoints, ``--mode trajectory`` matches trajectories instead.
+
 Writes ``benchmarks/results/classwise_backdoor.{md,json}`` and one figure
 per model under ``docs/figures/``. Run::
 
@@ -34,13 +39,14 @@ per model under ``docs/figures/``. Run::
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Dict, List
 
 import torch
 
 from captum_global import viz
-from captum_global.world import CLASS_NAMES, reference_zoo, zoo_entry
+from captum_global.world import CLASS_NAMES, make_dataset, reference_zoo, zoo_entry
 
 from benchmarks import classwise_common as common
 
@@ -63,6 +69,7 @@ def pattern_correlations(result, trigger) -> torch.Tensor:
 
 
 LR = {"pixels": 0.01, "spectrum": 0.05}
+SHARED_START_SEED = 31_000  # + --seed: clean images no explained set holds
 
 
 def run_model(name: str, args, parametrization: str, with_trajectory: bool) -> Dict:
@@ -70,10 +77,21 @@ def run_model(name: str, args, parametrization: str, with_trajectory: bool) -> D
     model = entry.load()
     data = common.explained_data(name, args.n_data, args.seed, args.data)
     trajectory = entry.trajectory() if with_trajectory else None
+    if trajectory is not None and args.checkpoints is not None:
+        trajectory = [trajectory[i] for i in args.checkpoints]
+    options = {"priors": json.loads(args.priors) or None}
+    if args.init == "shared-real":
+        # the same clean real images start every class's set, for the model and its twin alike: each set's
+        # change is what turns them into its class
+        options["init"] = make_dataset(args.ipc, seed=SHARED_START_SEED + args.seed).images
     start = time.perf_counter()
-    r = common.synthesise(model, data, trajectory, args.ipc, "gradient", args.iterations, args.seed,
+    if args.mode == "trajectory":  # the student trains on every class's set at once: no per-class groups
+        options.update(student_steps=args.student_steps, student_batch=None)
+    else:
+        options.update(match=args.match, checkpoints_per_iteration=1)
+    r = common.synthesise(model, data, trajectory, args.ipc, args.mode, args.iterations, args.seed,
                           augment=False, parametrization=parametrization, lr=LR[parametrization],
-                          match="clusters", checkpoints_per_iteration=1, real_examples=3)
+                          real_examples=3, **options)
     return dict(result=r, seconds=time.perf_counter() - start)
 
 
@@ -89,6 +107,19 @@ def main(argv=None) -> None:
                              "own training set (all of it; --n-data is ignored)")
     parser.add_argument("--final-only", action=argparse.BooleanOptionalAction, default=True,
                         help="also run at the final weights only (no trajectory) for comparison")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=None,
+                        help="match only these checkpoints of the trajectory (0 = the initialisation; default: all)")
+    parser.add_argument("--init", choices=["noise", "shared-real"], default="noise",
+                        help="start every set from noise, or every class's set from the same --ipc clean real "
+                             "images (drawn from the world, not from the explained data)")
+    parser.add_argument("--match", choices=["clusters", "class"], default="clusters",
+                        help="each image imitates one k-means group of its class, or the set the class mean")
+    parser.add_argument("--mode", choices=["gradient", "trajectory"], default="gradient",
+                        help="gradient matching (default) or trajectory matching, checkpoint to next checkpoint")
+    parser.add_argument("--student-steps", type=int, default=10, help="trajectory mode: student steps per match")
+    parser.add_argument("--priors", default="{}",
+                        help='JSON priors for the synthesis, e.g. \'{"class": 10}\' (the model\'s cross-entropy on '
+                             'each set towards its class)')
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default="classwise_backdoor")
     args = parser.parse_args(argv)
@@ -115,11 +146,13 @@ def main(argv=None) -> None:
             t = r.classes.index(entry.target_class)
             others = torch.cat([best[:t], best[t + 1:]])
             j = int(shares[t].argmax())
+            # the real examples each image imitates (no groups: the whole class, 0 in trajectory mode)
+            sizes = r.cluster_sizes if r.cluster_sizes is not None else torch.zeros(shares.shape, dtype=torch.long)
             rows.append(dict(
                 model=name, twin=entry.twin, trigger=entry.trigger.kind, target_class=entry.target_class,
                 parametrization=param, trajectory=along, checkpoints=len(r.trajectory),
                 area_share=float(mask.float().mean()), target_score=float(best[t]),
-                target_image_group_size=int(r.cluster_sizes[t, j]), target_group_sizes=r.cluster_sizes[t].tolist(),
+                target_image_group_size=int(sizes[t, j]), target_group_sizes=sizes[t].tolist(),
                 others_max=float(others.max()), others_mean=float(others.mean()),
                 twin_target_score=float(twin_best[t]),
                 ratio_to_others=float(best[t] / others.max()), ratio_to_twin=float(best[t] / twin_best[t]),
@@ -133,7 +166,7 @@ def main(argv=None) -> None:
             ))
             print(rows[-1], flush=True)
             if along and param == args.parametrizations[0]:
-                captions = [[f"{int(m)} real" for m in row] for row in r.cluster_sizes]
+                captions = [[f"{int(m)} real" if m else "" for m in row] for row in sizes]
                 figure = viz.classwise_sets_figure(
                     r.images, list(CLASS_NAMES), initial_images=r.initial_images,
                     real_examples=torch.stack([r.real_examples[c] for c in r.classes]), highlight=mask,
@@ -142,11 +175,20 @@ def main(argv=None) -> None:
                            f"caption: real examples in its group), where each changed, real examples. "
                            f"Trigger region boxed; target class {CLASS_NAMES[entry.target_class]}"))
                 viz.save(figure, common.FIGURES / f"classwise_backdoor_{name}.png")
-    lines = ["Each image is scored by the share of its change from the starting noise that lies on the trigger "
+    started = ("noise" if args.init == "noise" else
+             "the same clean real images for every class's set, the model's and its twin's")
+    imitates = ("each imitating one group of its class (k-means of the model's penultimate features)"
+                if args.match == "clusters" else "the set imitating the class mean")
+    if args.mode == "trajectory":
+        imitates = f"all sets trained on together by a student ({args.student_steps} steps per match)"
+    matched = "every checkpoint" if args.checkpoints is None else f"checkpoints {args.checkpoints}"
+    priors = "".join(f", with the prior {name!r} at weight {weight:g}"
+                     for name, weight in sorted(json.loads(args.priors).items()))
+    lines = ["Each image is scored by the share of its change from its start that lies on the trigger "
              "region (an evenly spread change scores the region's area share); a set by its best image. "
-             f"{args.ipc} images per class, each imitating one group of its class (k-means of the model's "
-             f"penultimate features), noise initialisation, {args.iterations} iterations, gradient matching "
-             "(one checkpoint drawn per iteration), no augmentation (a shift would move the trigger).", "",
+             f"{args.ipc} images per class, {imitates}, started from {started}, {args.iterations} iterations, "
+             f"{args.mode} matching at {matched} (one start drawn per iteration){priors}, no augmentation (a shift "
+             "would move the trigger).", "",
              "| model | trigger | parametrisation | weights matched | target set | its group (sizes) | other sets: "
              "max (mean) | ratio to others' max | clean twin's target set | ratio to twin | area |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
