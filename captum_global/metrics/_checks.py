@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_global._checks import check_choice, check_finite, check_int, check_tensor
-from captum_global._maps import resize_maps, to_heatmap
+from captum_global._maps import minmax_normalise, resize_maps, to_heatmap
 from captum_global._model_state import preserved_model_state
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
@@ -30,6 +30,7 @@ __all__ = [
     "maps_and_masks",
     "check_image_size",
     "evaluation_mode",
+    "without_noise",
 ]
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
@@ -75,6 +76,21 @@ def heatmaps(
     if tuple(maps.shape[-2:]) != tuple(size):
         maps = resize_maps(maps.unsqueeze(1), tuple(size)).squeeze(1)
     return maps
+
+
+def without_noise(maps: Tensor) -> Tensor:
+    """``[N, ...]`` maps with every map that holds no signal set to all zeros.
+
+    The package's no-signal rule (``_maps.minmax_normalise``: a constant map,
+    or one varying only by float round-off) decides; maps with signal are
+    returned bit for bit, so a metric that *ranks* pixels ranks them as
+    before, and one without signal ranks as a constant map (its documented
+    tie rule) instead of ranking round-off noise.
+    """
+    silent = ~minmax_normalise(maps).flatten(1).any(dim=1)
+    if not bool(silent.any()):
+        return maps
+    return torch.where(silent.view((-1,) + (1,) * (maps.dim() - 1)), torch.zeros_like(maps), maps)
 
 
 def check_image_size(image_size: Any) -> Optional[Tuple[int, int]]:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from captum_global._checks import check_bool, check_choice, check_number
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
-from captum_global.metrics._checks import TensorOrTuple, check_finite
+from captum_global.metrics._checks import TensorOrTuple, check_finite, without_noise
 from captum_global.metrics.localization import energy_pointing_game
 
 __all__ = ["trigger_energy_share", "trigger_iou", "mad_anomaly_index", "flag_anomalies"]
@@ -60,7 +60,8 @@ def trigger_iou(attributions: TensorOrTuple, trigger_mask: Tensor) -> Tensor:
 
     The map is made non-negative by its magnitude (channels summed). Of
     equal values at the ``k``-th place, the first in raster order are
-    taken. With ``p`` the share of the top ``k`` pixels inside the region,
+    taken; a map without signal (constant, or varying only by float
+    round-off) counts as constant. With ``p`` the share of the top ``k`` pixels inside the region,
     the IoU is ``p / (2 - p)``; 1 means the map's top pixels are exactly
     the trigger.
 
@@ -96,9 +97,9 @@ def trigger_iou(attributions: TensorOrTuple, trigger_mask: Tensor) -> Tensor:
             f"attributions must have shape [N, C, H, W] or [N, H, W], got {tuple(attributions.shape)}")
     check_finite(maps, "attributions")
     region = _trigger_region(trigger_mask, maps.shape[0], tuple(maps.shape[1:])).to(maps.device)
-    flat, inside = maps.flatten(1).float(), region.flatten(1)
+    flat, inside = without_noise(maps.flatten(1).float()), region.flatten(1)
     area = inside.sum(1)
-    iou = torch.zeros(maps.shape[0])
+    iou = torch.zeros(maps.shape[0], device=maps.device)
     for i in range(maps.shape[0]):
         k = int(area[i])
         # stable sort: ties keep raster order

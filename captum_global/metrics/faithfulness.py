@@ -44,7 +44,7 @@ from captum_global._maps import minmax_normalise
 from captum_global._scoring import score_all
 from captum_global._targets import parse_target
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
-from captum_global.metrics._checks import TensorOrTuple, evaluation_mode, heatmaps, single_tensor
+from captum_global.metrics._checks import TensorOrTuple, evaluation_mode, heatmaps, single_tensor, without_noise
 
 __all__ = ["drop_and_increase", "average_drop", "increase_in_confidence", "insertion_auc", "deletion_auc"]
 
@@ -237,7 +237,8 @@ def _ranked_curve(forward_func, inputs, attributions, target, additional_forward
     n, _, h, w = x.shape
     n_steps = check_int(n_steps, "n_steps", minimum=1)
     return_curve = check_bool(return_curve, "return_curve")
-    maps = heatmaps(attributions, (h, w), n, sign).flatten(1)
+    # a map without signal (round-off only) ranks as a constant one: raster order, not noise
+    maps = without_noise(heatmaps(attributions, (h, w), n, sign).flatten(1))
     # Stable sort: equal values keep raster order, so ties never depend on the
     # batch or the machine.
     order = torch.sort(maps, dim=1, descending=True, stable=True).indices
@@ -290,6 +291,8 @@ _CURVE_DOC = r"""
         sign (str, optional): ``"positive"`` (default) ranks the positive part
             of the channel sum (pixels with no positive evidence tie and keep
             raster order), ``"absolute"`` its magnitude, ``"all"`` the signed sum.
+            A map without signal (constant, or varying only by float
+            round-off) ranks in raster order.
         batch_size (int, optional): perturbed inputs per model call; never
             changes the result. Default: 64.
         return_curve (bool, optional): also return the ``[N, n_steps + 1]``

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from captum_global._checks import check_bool, check_choice, check_number
 from captum_global._maps import minmax_normalise
-from captum_global.metrics._checks import TensorOrTuple, box_masks, maps_and_masks
+from captum_global.metrics._checks import TensorOrTuple, box_masks, maps_and_masks, without_noise
 
 __all__ = ["energy_pointing_game", "bbox_accuracy", "miou", "boxes_to_masks"]
 
@@ -122,7 +122,9 @@ def bbox_accuracy(
     resolved deterministically by their expected value under a uniformly
     random order: the tied pixels contribute ``remaining * (tied inside) /
     (tied)``. So a constant map scores the region's share of the image (the
-    chance level) instead of depending on pixel order.
+    chance level) instead of depending on pixel order; so does a map whose
+    values differ only by float round-off (the package's no-signal rule),
+    whose order is noise.
 
     Args:
         attributions (Tensor or 1-tuple): ``[N, C, H, W]``, ``[N, 1, h, w]`` or
@@ -147,7 +149,7 @@ def bbox_accuracy(
         tensor([0.5000])
     """
     maps, masks = maps_and_masks(attributions, masks, sign, image_size)
-    flat = maps.flatten(1)
+    flat = without_noise(maps.flatten(1))
     inside = masks.flatten(1)
     k = inside.sum(1)  # >= 1: empty regions are refused
     kth = flat.sort(dim=1, descending=True).values.gather(1, (k - 1).unsqueeze(1))

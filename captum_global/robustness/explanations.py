@@ -9,7 +9,8 @@ fine-tuning are computed here with ``create_graph=True``:
 
 - :class:`GradCAMExplanation`: Grad-CAM on one layer, ReLU, bilinear
   upsampling (the same map as Captum's ``LayerGradCam`` with
-  ``relu_attributions=True`` followed by ``LayerAttribution.interpolate``).
+  ``relu_attributions=True`` followed by ``LayerAttribution.interpolate``
+  with ``interpolate_mode="bilinear"``; Captum's default is ``"nearest"``).
 - :class:`GradientExplanation`: the absolute input gradient summed over
   channels (Captum's ``Saliency(abs=True)`` as a heat map).
 - :class:`SoftSISESurrogate`: SISE with a sampled subset of its masks
@@ -98,8 +99,9 @@ class GradCAMExplanation(DifferentiableExplanation):
     r"""Grad-CAM, differentiable in the weights.
 
     ``relu(sum_k mean(dy_c / dA_k) A_k)`` on ``layer``, upsampled bilinearly
-    to the input size (``align_corners=False``, as Captum's
-    ``LayerAttribution.interpolate``).
+    to the input size (``align_corners=False``: Captum's
+    ``LayerAttribution.interpolate(..., interpolate_mode="bilinear")``; its
+    default mode, ``"nearest"``, gives a different, blocky map).
 
     Args:
         layer (str or nn.Module, optional): the layer (or its dotted name)

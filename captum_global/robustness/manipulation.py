@@ -24,6 +24,8 @@ from captum_global._seeding import check_seed, cuda_devices, make_generator, see
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.robustness.explanations import check_differentiable, differentiable_explanation
 from captum_global.robustness.measures import (
+    _detached,
+    _paired,
     border_region,
     center_of_mass,
     location_loss,
@@ -126,6 +128,7 @@ def fooling_penalty(fooling: str, maps: Tensor, reference: Optional[Tensor] = No
         return location_loss(maps, region).mean()
     if reference is None:
         raise InvalidArgumentError(f"reference maps are required for {fooling} fooling")
+    h, h_ref = _paired(normalised_maps(maps), normalised_maps(_detached(reference), "reference"))
     if fooling == "top_k":
         return top_k_mass(maps, top_k_region(reference, top_k_fraction)).mean()
     if fooling == "center_mass":
@@ -133,8 +136,12 @@ def fooling_penalty(fooling: str, maps: Tensor, reference: Optional[Tensor] = No
         return (center_of_mass(maps) - far).abs().sum(dim=1).mean()
     if maps_second is None or reference_second is None:
         raise InvalidArgumentError("active fooling needs the maps of both classes")
-    first = ((normalised_maps(maps) - normalised_maps(reference_second)) ** 2).flatten(1).mean(1)
-    second = ((normalised_maps(maps_second) - normalised_maps(reference)) ** 2).flatten(1).mean(1)
+    h2, h2_ref = _paired(normalised_maps(maps_second, "maps_second"),
+                         normalised_maps(_detached(reference_second), "reference_second"),
+                         "maps_second and reference_second")
+    _paired(h, h2, "maps and maps_second")
+    first = ((h - h2_ref) ** 2).flatten(1).mean(1)
+    second = ((h2 - h_ref) ** 2).flatten(1).mean(1)
     return ((first + second) / 2).mean()
 
 

@@ -124,13 +124,28 @@ def location_loss(maps: MapLike, region: Tensor) -> Tensor:
 
 
 def top_k_region(maps: MapLike, fraction: float = 0.1) -> Tensor:
-    """``[N, H, W]`` bool: each map's ``fraction`` highest pixels (ties broken by position)."""
+    """``[N, H, W]`` bool: each map's ``fraction`` highest pixels (``k = max(1, round(fraction * H * W))``).
+
+    Ties are broken by position: of equal values the first in raster order
+    are taken (a stable sort, so the region never depends on the machine or
+    the device; a map without signal selects its first ``k`` pixels).
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_global.robustness import top_k_region
+        >>> top_k_region(torch.tensor([[[0.0, 1.0], [1.0, 1.0]]]), 0.5).int()
+        tensor([[[0, 1],
+                 [1, 0]]], dtype=torch.int32)
+    """
     check_number(fraction, "fraction", 0.0, 1.0, min_inclusive=False)
-    h = normalised_maps(maps).flatten(1)
+    normalised = normalised_maps(maps)
+    h = normalised.flatten(1)
     k = max(1, int(round(fraction * h.shape[1])))
     region = torch.zeros_like(h, dtype=torch.bool)
-    region.scatter_(1, h.topk(k, dim=1).indices, True)
-    return region.view(normalised_maps(maps).shape)
+    order = torch.sort(h, dim=1, descending=True, stable=True).indices
+    region.scatter_(1, order[:, :k], True)
+    return region.view(normalised.shape)
 
 
 def top_k_mass(maps: MapLike, region: Tensor) -> Tensor:
@@ -153,7 +168,7 @@ def top_k_overlap(maps: MapLike, reference: MapLike, fraction: float = 0.1) -> T
         >>> top_k_overlap(before, before, 0.25), top_k_overlap(15 - before, before, 0.25)
         (tensor([1.]), tensor([0.]))
     """
-    a, b = top_k_region(maps, fraction), top_k_region(reference, fraction)
+    a, b = _paired(top_k_region(maps, fraction), top_k_region(reference, fraction))
     return (a & b).flatten(1).sum(1).to(torch.float32) / b.flatten(1).sum(1).to(torch.float32)
 
 
@@ -177,6 +192,7 @@ def center_of_mass(maps: MapLike) -> Tensor:
 
 def center_of_mass_shift(maps: MapLike, reference: MapLike) -> Tensor:
     """Euclidean distance between the maps' and the reference maps' centres of mass, in image sides."""
+    _paired(normalised_maps(maps), normalised_maps(reference, "reference"))
     return (center_of_mass(maps) - center_of_mass(reference)).norm(dim=1)
 
 
@@ -193,10 +209,8 @@ def rank_correlation(maps: MapLike, reference: MapLike) -> Tensor:
         >>> rank_correlation(a, a), rank_correlation(a, a.flip(-1).flip(-2))
         (tensor([1.]), tensor([-1.]))
     """
-    a = normalised_maps(_detached(maps)).flatten(1)
-    b = normalised_maps(_detached(reference), "reference").flatten(1)
-    if a.shape != b.shape:
-        raise InvalidArgumentError(f"maps and reference must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = _paired(normalised_maps(_detached(maps)), normalised_maps(_detached(reference), "reference"))
+    a, b = a.flatten(1), b.flatten(1)
     out = torch.zeros(a.shape[0])
     for i in range(a.shape[0]):
         ra, rb = _average_ranks(a[i].double()), _average_ranks(b[i].double())
@@ -241,6 +255,9 @@ def fooling_success(fooling: str, statistic: Tensor) -> Tensor:
     A NaN statistic (an active-fooling image whose class maps were too alike to swap) is not a success.
     """
     check_choice(fooling, "fooling", tuple(SUCCESS))
+    if not isinstance(statistic, Tensor):
+        raise InvalidArgumentTypeError(f"statistic must be the [N] tensor of fooling_statistic, "
+                                       f"got {type(statistic).__name__}")
     _, threshold, direction = SUCCESS[fooling]
     return statistic < threshold if direction == "below" else statistic > threshold
 
@@ -260,9 +277,26 @@ def _detached(maps: MapLike) -> MapLike:
     return tuple(m.detach() for m in maps) if isinstance(maps, tuple) else maps.detach()
 
 
+def _paired(maps: Tensor, reference: Tensor, names: str = "maps and reference") -> Tuple[Tensor, Tensor]:
+    """``(maps, reference)`` if they hold the same number of maps of the same size.
+
+    A statistic compares map ``i`` with reference map ``i``: a batch of one
+    against a batch of many would otherwise broadcast into silent numbers.
+    """
+    if maps.shape != reference.shape:
+        raise InvalidArgumentError(f"{names} must hold the same number of maps of the same size (one reference "
+                                   f"per map), got {tuple(maps.shape)} and {tuple(reference.shape)}")
+    return maps, reference
+
+
 def _region(region: Tensor, h: Tensor) -> Tensor:
+    if region is None:
+        raise InvalidArgumentError("region is required: a bool tensor [H, W] or [N, H, W] (e.g. border_region(H, W))")
     if not isinstance(region, Tensor) or region.dtype != torch.bool or region.dim() not in (2, 3):
         raise InvalidArgumentError("region must be a bool tensor [H, W] or [N, H, W]")
     if tuple(region.shape[-2:]) != tuple(h.shape[-2:]):
         raise InvalidArgumentError(f"region must match the maps' size {tuple(h.shape[-2:])}, got {tuple(region.shape[-2:])}")
+    if region.dim() == 3 and region.shape[0] != h.shape[0]:
+        raise InvalidArgumentError(f"region holds {region.shape[0]} regions but there are {h.shape[0]} maps: "
+                                   "give one [H, W] region for all or one per map")
     return region.to(h.device)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_global._checks import check_int
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.metrics.localization import boxes_to_masks as _metrics_boxes_to_masks
 
 CLASS_NAMES: Tuple[str, ...] = ("disk", "square", "triangle", "cross", "ring")
@@ -228,10 +230,18 @@ def make_dataset(
     """Generate ``n`` labelled shape images, deterministically from ``seed``.
 
     Args:
-        n: number of images (> 0).
-        seed: seed of a private ``torch.Generator``; global RNG is untouched.
-        image_size: image side in pixels; ignored if ``config`` is given.
+        n: number of images (an int >= 1).
+        seed: an int, the seed of a private ``torch.Generator``; the global
+            RNG is untouched.
+        image_size: image side in pixels (an int >= 16); ignored if
+            ``config`` is given.
         config: optional :class:`WorldConfig` for the drawing settings.
+
+    Raises:
+        InvalidArgumentError: (a ``ValueError``) for a count, size or seed
+            out of range, naming the argument; ``InvalidArgumentTypeError``
+            (also a ``TypeError``) for a float, bool or ``None`` where an int
+            goes.
 
     Returns:
         A :class:`ShapesDataset` with exactly balanced classes (``n`` rounded
@@ -243,18 +253,17 @@ def make_dataset(
         >>> ds.images.shape, ds.labels.shape
         (torch.Size([10, 3, 32, 32]), torch.Size([10]))
     """
+    n = check_int(n, "n", minimum=1)
+    seed = check_int(seed, "seed")
+    # every generator seed derived from it (seed * 7919 + chunk start + 1) must be one torch accepts
+    if seed < -(2**63) // 7919 + 1 or seed * 7919 + n > 2**64 - 1:
+        raise InvalidArgumentError(f"seed must lie in [{-(2**63) // 7919 + 1}, {(2**64 - 1 - n) // 7919}], got {seed}")
     if config is None:
-        config = WorldConfig(image_size=image_size)
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
-    if not 2 <= config.num_classes <= len(CLASS_NAMES):
-        raise ValueError(
-            f"config.num_classes must be in [2, {len(CLASS_NAMES)}], "
-            f"got {config.num_classes}"
-        )
-    size = config.image_size
-    if size < 16:
-        raise ValueError(f"image_size must be >= 16, got {size}")
+        config = WorldConfig(image_size=check_int(image_size, "image_size", minimum=16))
+    elif not isinstance(config, WorldConfig):
+        raise InvalidArgumentTypeError(f"config must be a WorldConfig or None, got {type(config).__name__}")
+    check_int(config.num_classes, "config.num_classes", minimum=2, maximum=len(CLASS_NAMES))
+    size = check_int(config.image_size, "config.image_size", minimum=16)
     scale = size / 64.0
     g = torch.Generator().manual_seed(int(seed))
     names = CLASS_NAMES[: config.num_classes]

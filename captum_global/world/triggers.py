@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.world.data import ShapesDataset
 
 TRIGGER_KINDS = ("patch", "blended", "sig", "filter")
@@ -75,30 +76,50 @@ class Trigger:
                 raise ValueError(f"pattern must have shape (3, {h}, {w}), got {got}")
 
     def apply(self, images: Tensor) -> Tensor:
-        """Return a copy of ``images`` (``[3,H,W]`` or ``[N,3,H,W]``) with the trigger stamped."""
+        """Return a copy of ``images`` (``[3,H,W]`` or ``[N,3,H,W]``) with the trigger stamped.
+
+        ``images`` must be floating point RGB images in ``[0, 1]`` (on any
+        device); anything else raises an ``InvalidArgumentError`` (a
+        ``ValueError``) naming ``images``.
+        """
+        if not isinstance(images, Tensor):
+            raise InvalidArgumentTypeError(f"images must be a tensor [3, H, W] or [N, 3, H, W], "
+                                           f"got {type(images).__name__}")
+        if images.dim() not in (3, 4) or images.shape[-3] != 3:
+            raise InvalidArgumentError(f"images must have shape [3, H, W] or [N, 3, H, W], got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise InvalidArgumentTypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
         y0, x0, h, w = self.region
-        H, W = images.shape[-2:]
-        if y0 + h > H or x0 + w > W:
-            raise ValueError(f"trigger region {self.region} does not fit {H}x{W} images")
+        self._check_fits(*images.shape[-2:])
         out = images.clone()
         part = out[..., y0:y0 + h, x0:x0 + w]
         if self.kind == "filter":
-            m = self.matrix.to(images.dtype)
+            m = self.matrix.to(images.device, images.dtype)
             filtered = torch.einsum("ij,...jhw->...ihw", m, part).clamp(0.0, 1.0)
             stamped = (1 - self.alpha) * part + self.alpha * filtered
         elif self.kind == "sig":
-            stamped = (part + self.alpha * self.pattern.to(images.dtype)).clamp(0.0, 1.0)
+            stamped = (part + self.alpha * self.pattern.to(images.device, images.dtype)).clamp(0.0, 1.0)
         else:
-            stamped = (1 - self.alpha) * part + self.alpha * self.pattern.to(images.dtype)
+            stamped = (1 - self.alpha) * part + self.alpha * self.pattern.to(images.device, images.dtype)
         out[..., y0:y0 + h, x0:x0 + w] = stamped
         return out
 
     def mask(self, height: int, width: int) -> Tensor:
-        """``[H, W]`` bool mask of the pixels the trigger may change (its region)."""
+        """``[H, W]`` bool mask of the pixels the trigger may change (its region).
+
+        Raises a ``ValueError`` when the region does not fit ``H x W`` images
+        (as :meth:`apply` does), rather than returning a cut or empty region.
+        """
         y0, x0, h, w = self.region
+        self._check_fits(height, width)
         m = torch.zeros(height, width, dtype=torch.bool)
         m[y0:y0 + h, x0:x0 + w] = True
         return m
+
+    def _check_fits(self, height: int, width: int) -> None:
+        y0, x0, h, w = self.region
+        if y0 + h > height or x0 + w > width:
+            raise InvalidArgumentError(f"trigger region {self.region} does not fit {height}x{width} images")
 
     def describe(self) -> str:
         """One line for tables: kind, size and place."""
@@ -131,6 +152,8 @@ def patch_trigger(size: int = 6, location: str = "bottom-right", seed: int = 1,
         >>> patch_trigger().region
         (57, 57, 6, 6)
     """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise InvalidArgumentError(f"size must be an int >= 2 (the pattern holds both black and white), got {size!r}")
     g = torch.Generator().manual_seed(seed)
     bits = (torch.rand(size, size, generator=g) < 0.5).float()
     bits[0, 0], bits[-1, -1] = 1.0, 0.0
