@@ -334,3 +334,28 @@ def test_zoo_loads_without_unpickling(monkeypatch):
     monkeypatch.setattr(torch, "load", refuse)
     model = zoo_entry("vgg_clean").load()
     assert not model.training and model(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_make_trigger_takes_the_image_size_from_its_settings():
+    from captum_global.world.triggers import make_trigger
+
+    sig = make_trigger({"kind": "sig", "image_size": 32, "amplitude": 0.08, "frequency": 4.0})
+    assert sig.apply(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    assert make_trigger({"kind": "patch", "size": 4, "location": "top-left", "image_size": 32}).region == (1, 1, 4, 4)
+    assert make_trigger({"kind": "patch", "size": 4, "location": "bottom-right"}, image_size=32).region == (27, 27, 4, 4)
+
+
+def test_robust_accuracy_refuses_an_empty_evaluation_and_pgd_follows_the_images_device():
+    from captum_global.world import build_model, make_dataset
+    from captum_global.world.training import pgd_attack, robust_accuracy
+
+    torch.manual_seed(0)
+    model, test = build_model("vgg"), make_dataset(4, seed=3)
+    with pytest.raises(InvalidArgumentError, match="n must be"):
+        robust_accuracy(model, test, 0.03, 1, 0.01, n=0)
+    # zero steps: the random start alone, drawn from the seed on the CPU whatever the device, in [0, 1]
+    x = torch.full((2, 3, 64, 64), 0.5, dtype=torch.float64)
+    start = pgd_attack(model.double(), x, torch.tensor([0, 1]), epsilon=0.03, steps=0, step_size=0.01, seed=5)
+    expected = x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) * 2 - 1).double() * 0.03
+    assert start.dtype == torch.float64
+    torch.testing.assert_close(start, expected, rtol=0, atol=1e-7)

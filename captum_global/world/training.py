@@ -30,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_global._checks import check_int
 from captum_global._model_state import preserved_model_state
 from captum_global._seeding import seeded_global_rng
 from captum_global.world.data import ShapesDataset, WorldConfig, make_splits
+from captum_global.errors import InvalidArgumentError
 from captum_global.world.models import ARCHS, build_model
 from captum_global.world.triggers import (
     TRIGGER_KINDS,
@@ -209,7 +211,8 @@ def pgd_attack(model: nn.Module, images: Tensor, labels: Tensor, epsilon: float,
         True
     """
     g = torch.Generator().manual_seed(int(seed))
-    delta = (torch.rand(images.shape, generator=g) * 2 - 1) * epsilon
+    # drawn on the CPU (one stream whatever the device), then moved to the images
+    delta = ((torch.rand(images.shape, generator=g) * 2 - 1) * epsilon).to(images.device, images.dtype)
     delta = (images + delta).clamp(0.0, 1.0) - images
     with preserved_model_state(model):
         for _ in range(steps):
@@ -225,7 +228,9 @@ def robust_accuracy(model: nn.Module, test: ShapesDataset, epsilon: float, steps
                     step_size: float, seed: int = 0, n: Optional[int] = None,
                     batch_size: int = 250) -> float:
     """Accuracy on PGD-attacked copies of the first ``n`` test images."""
-    n = len(test) if n is None else min(n, len(test))
+    if len(test) == 0:
+        raise InvalidArgumentError("test holds no image: robust accuracy needs at least one")
+    n = len(test) if n is None else min(check_int(n, "n", minimum=1), len(test))
     correct = 0
     for i in range(0, n, batch_size):
         x, y = test.images[i:min(n, i + batch_size)], test.labels[i:min(n, i + batch_size)]

@@ -231,6 +231,7 @@ def make_trigger(params: Dict[str, Any], image_size: int = 64) -> Trigger:
     kind = p.pop("kind", None)
     if kind not in _FACTORIES:
         raise ValueError(f"trigger kind must be one of {TRIGGER_KINDS}, got {kind!r}")
+    image_size = p.pop("image_size", image_size)  # a size in the settings is the trigger's own
     return _FACTORIES[kind](image_size=image_size, **p)
 
 
