@@ -7,7 +7,8 @@ name patterns, so it works on models we have never seen):
 1. Hooks record, for every submodule call, when it starts and ends, its input
    and output tensors and their spatial size ``(h, w)``.
 2. A *down-sampling* is a call whose spatial output is smaller than its
-   spatial input and that contains no smaller such call (a max-pool, a
+   spatial input by a stride (a side shrinks to 2/3 or less, so the border a
+   valid convolution trims is not one) and that contains no smaller such call (a max-pool, a
    strided convolution, or a block using ``F.max_pool2d`` inside). A
    down-sampling no module made (``F.max_pool2d`` in the model's own
    ``forward``) shows as a call reading a spatial input that no module
@@ -21,9 +22,14 @@ name patterns, so it works on models we have never seen):
    EfficientNet/MobileNet expansion, a ConvNeXt down-sampling LayerNorm, a
    DenseNet transition), we pick the module feeding that stage instead: the
    block output, not the first step of the next stage.
+   A reduction block with parallel branches, one down-sampling right at its
+   input (Inception's ``Mixed_6a``), ends the block at its input for all its
+   branches.
 5. The last block: the outermost module returning the last spatial output
    (``> 1x1``), if a convolution runs at that resolution (so VGG's pooled
-   ``7x7`` maps, which no convolution produces, are not a block).
+   ``7x7`` maps, which no convolution produces, are not a block); hoisted as
+   in 4 when it is the point-wise start of a stage whose strided convolution
+   goes down to ``1x1`` (a MobileNet on 32 px inputs).
 
 Down-samplings that read the model input itself have no layer to pick.
 Outputs ``1x1`` (global pooling, squeeze-and-excitation branches) and 4-D
@@ -41,7 +47,7 @@ from captum_global._compat import format_additional_forward_args, format_inputs
 from captum_global._model_state import HookBag, preserved_model_state
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["find_block_outputs", "select_sise_layers", "BlockOutput", "eager_module"]
+__all__ = ["find_block_outputs", "select_sise_layers", "BlockOutput", "eager_module", "check_layer_map"]
 
 
 def eager_module(model: nn.Module, argument: str = "model", method: str = "this method") -> nn.Module:
@@ -97,6 +103,14 @@ class _Call:
         return self.start < other.start and other.end < self.end
 
 
+def _input_aspect(h: int, w: int, image_hw: Tuple[int, int]) -> bool:
+    """Whether an ``h x w`` map has about the input's aspect ratio (up to the rounding of
+    strided layers). A channels-last ``[N, h, w, C]`` tensor (a Swin or ConvNeXt token
+    map) read as ``[N, C, h, w]`` gives ``(w, C)``, far from it."""
+    H, W = image_hw
+    return abs(h * W - w * H) <= max(H, W) * 2
+
+
 def _spatial_hw(t: Any, image_hw: Tuple[int, int]) -> Optional[Tuple[int, int]]:
     if not isinstance(t, Tensor) or t.dim() != 4:
         return None
@@ -104,10 +118,32 @@ def _spatial_hw(t: Any, image_hw: Tuple[int, int]) -> Optional[Tuple[int, int]]:
     H, W = image_hw
     if h > H or w > W or h * w <= 1:
         return None
-    # channels-last tensors read as (w, c): reject shapes far from the input's aspect ratio
-    if abs(h * W - w * H) > max(H, W) * 2:
+    if not _input_aspect(h, w, image_hw):
         return None
     return h, w
+
+
+def check_layer_map(name: str, output: Any, image_hw: Tuple[int, int]) -> Tensor:
+    """``output`` of the layer ``name`` if it is an ``[N, C, h, w]`` map of the ``H x W`` input.
+
+    A 4-D tensor whose last two dimensions do not have about the input's aspect
+    ratio is not such a map: most often a transformer's channels-last
+    ``[N, h, w, C]`` tokens (Swin, a ConvNeXt block's inner permute), whose
+    "channels" would be image rows. Maps larger than the input are accepted
+    (a model that upsamples its input first).
+    """
+    if not isinstance(output, Tensor) or output.dim() != 4:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise InvalidArgumentError(f"layers: {name!r} must return an [N, C, h, w] map, got {shape}")
+    h, w = int(output.shape[2]), int(output.shape[3])
+    if not _input_aspect(h, w, image_hw):
+        raise InvalidArgumentError(
+            f"layers: {name!r} returns shape {tuple(output.shape)}, which is not an [N, C, h, w] map of the "
+            f"{image_hw[0]}x{image_hw[1]} input: its last two dimensions {(h, w)} do not have the input's aspect "
+            "ratio (a channels-last [N, h, w, C] token map, as in Swin transformers?); pick a layer that returns "
+            "[N, C, h, w] maps (select_sise_layers lists the automatic choice)"
+        )
+    return output
 
 
 def _version(t: Optional[Tensor]) -> Optional[int]:
@@ -251,9 +287,9 @@ def find_block_outputs(
             + (f"shape {tuple(inputs[0].shape)}" if isinstance(inputs[0], Tensor) else type(inputs[0]).__name__)
         )
     calls = _trace(model, inputs, format_additional_forward_args(additional_forward_args))
-    drops = [c for c in calls if c.in_hw and c.out_hw and c.out_hw[0] * c.out_hw[1] < c.in_hw[0] * c.in_hw[1]]
+    drops = [c for c in calls if c.in_hw and c.out_hw and _down_samples(c.in_hw, c.out_hw)]
     minimal = [d for d in drops if not any(d.contains(o) for o in drops)]
-    picks: List[_Call] = []
+    found: List[Tuple[_Call, _Call]] = []
     for d in sorted(minimal, key=lambda c: c.start):
         pick = _producer(calls, d.inp, d.start)
         # hoist out of stages that only do point-wise work before down-sampling
@@ -268,12 +304,13 @@ def find_block_outputs(
                 pick = _producer(calls, s.inp, s.start)
                 break
         if pick is not None and pick.out_hw is not None:
-            picks.append(pick)
-    picks += _functional_drops(calls)
+            found.append((d, pick))
+    picks = _parallel_branches(calls, found) + _functional_drops(calls)
     spatial = [c for c in calls if c.out_hw is not None]
     if spatial:
         last = max(spatial, key=lambda c: c.end)
         last = _producer(calls, last.out, last.end + 1)
+        last = _hoist_last(calls, last)
         convs_there = last is not None and any(
             isinstance(c.module, nn.modules.conv._ConvNd) and c.out_hw == last.out_hw for c in calls
         )
@@ -286,11 +323,81 @@ def find_block_outputs(
         seen.add(p.name)
         result.append(BlockOutput(p.name, p.module, tuple(int(s) for s in p.out.shape[1:])))
     if not result:
-        raise InvalidArgumentError(
-            "model has no spatial layer: no submodule returns an [N, C, h, w] map larger than 1x1 "
-            "for this example_input, so there are no block outputs to explain with"
-        )
+        raise InvalidArgumentError(_no_block_message(calls, (int(inputs[0].shape[-2]), int(inputs[0].shape[-1]))))
     return result
+
+
+def _down_samples(in_hw: Tuple[int, int], out_hw: Tuple[int, int]) -> bool:
+    """Whether a call goes from ``in_hw`` to ``out_hw`` by a stride (a side shrinks to 2/3 or less:
+    a stride of 2 always does), not by the border a valid (unpadded) convolution trims."""
+    return out_hw[0] * 3 <= in_hw[0] * 2 or out_hw[1] * 3 <= in_hw[1] * 2
+
+
+def _parallel_branches(calls: List[_Call], found: List[Tuple[_Call, _Call]]) -> List[_Call]:
+    """The picks of ``(down-sampling, pick)`` pairs, one per block for parallel branches.
+
+    A reduction block with parallel branches (Inception's ``Mixed_6a``) down-samples
+    in several branches at once: one branch right at the block's input (whose pick is
+    the module feeding the block), others after some work inside their branch. The
+    block output is what feeds the block; layers inside its branches are not.
+    """
+    picks = []
+    for d, pick in found:
+        stages = [s for s in calls if s.contains(d) and s.contains(pick) and s.in_hw == d.in_hw and s.inp is not None]
+        for s in sorted(stages, key=lambda c: c.start):
+            feeder = _producer(calls, s.inp, s.start)
+            if feeder is not None and any(s.contains(d2) and p2 is feeder for d2, p2 in found):
+                pick = feeder
+                break
+        picks.append(pick)
+    return picks
+
+
+def _hoist_last(calls: List[_Call], last: Optional[_Call]) -> Optional[_Call]:
+    """Rule 4 for the last block: when the last spatial output is the point-wise start (a 1x1
+    expansion) of a stage whose strided convolution then goes down to 1x1 (an inverted residual
+    of a MobileNet or EfficientNet on CIFAR-sized inputs), the block output is what feeds that
+    stage. A head that ends in global pooling is not such a stage (pooling is no convolution)."""
+    if last is None or last.out_hw is None:
+        return last
+
+    def to_one_pixel(c: _Call, stage: _Call) -> bool:
+        return (stage.contains(c) and c.start > last.end and _is_spatial_conv(c.module)
+                and c.in_hw == last.out_hw and c.out is not None and c.out.dim() == 4
+                and int(c.out.shape[2]) * int(c.out.shape[3]) == 1)
+
+    stages = [
+        s for s in calls
+        if s.contains(last) and s.in_hw == last.out_hw and s.out_hw is None and s.inp is not None
+        and any(to_one_pixel(c, s) for c in calls)
+    ]
+    for s in sorted(stages, key=lambda c: c.start):
+        inner = [c for c in calls if s.contains(c) and c.end <= last.end]
+        if not any(_is_spatial_conv(c.module) for c in inner):
+            feeder = _producer(calls, s.inp, s.start)
+            return feeder if feeder is not None and feeder.out_hw is not None else last
+    return last
+
+
+def _no_block_message(calls: List[_Call], image_hw: Tuple[int, int]) -> str:
+    """Why no block output was found, and which modules could be named instead."""
+    maps = []
+    for c in calls:
+        if c.out is None or c.out.dim() != 4 or c.passthrough or c.name in maps:
+            continue
+        h, w = int(c.out.shape[2]), int(c.out.shape[3])
+        if h * w > 1 and _input_aspect(h, w, image_hw):
+            maps.append(c.name)
+    message = (
+        "model has no spatial layer to pick: no convolutional block returns an [N, C, h, w] map larger than 1x1 "
+        f"for this {image_hw[0]}x{image_hw[1]} example_input"
+    )
+    if not maps:
+        return message + ", so there are no block outputs to explain with"
+    return (
+        message + " (a transformer keeps its tokens channels-last or flattened). Modules that do return "
+        f"[N, C, h, w] maps: {maps[:8]}; name the ones to read with SISE(model, layers=[...])"
+    )
 
 
 def _functional_drops(calls: List[_Call]) -> List[_Call]:
@@ -306,7 +413,7 @@ def _functional_drops(calls: List[_Call]) -> List[_Call]:
         if not before:
             continue  # functional work on the model input itself (normalisation, resizing)
         last = max(before, key=lambda o: o.end)
-        if last.out_hw[0] * last.out_hw[1] > c.in_hw[0] * c.in_hw[1]:
+        if _down_samples(last.out_hw, c.in_hw):
             pick = _producer(calls, last.out, c.start)
             if pick is not None and pick.out_hw is not None:
                 picks.append(pick)

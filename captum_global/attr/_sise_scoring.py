@@ -20,6 +20,7 @@ from captum_global._maps import NO_SIGNAL_RTOL, minmax_normalise, resize_maps
 from captum_global._model_state import HookBag, find_module
 from captum_global._scoring import iter_scores
 from captum_global._targets import TargetIndex
+from captum_global.attr._layers import check_layer_map
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = ["gradient_pass", "score_layer_maps"]
@@ -38,12 +39,11 @@ def gradient_pass(
     """Activations ``{name: [N, K, h, w]}``, ``alpha`` per layer ``[N, K]``, the checked
     targets and the ``[N]`` target scores of the unmasked inputs."""
     acts: Dict[str, Tensor] = {}
+    image_hw = (int(xs[0].shape[-2]), int(xs[0].shape[-1]))
 
     def hook_for(name):
         def hook(module, inp, out):
-            if not isinstance(out, Tensor) or out.dim() != 4:
-                shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise InvalidArgumentError(f"layers: {name!r} must return an [N, C, h, w] map, got {shape}")
+            check_layer_map(name, out, image_hw)
             if name in acts:
                 raise InvalidArgumentError(
                     f"layers: {name!r} runs more than once per forward pass; pick a module used once"
