@@ -27,7 +27,9 @@ from captum_global.cli._args import (
 )
 
 METHODS = ("ours", "neural-cleanse")
-SCAN_FILES = ("scan.json", "maps_*.png", "trigger_*.png")
+# The files a scan writes, by exact name: --force removes these and nothing else
+# (a user's "maps_holiday.png" in the folder is not ours).
+SCAN_FILES = ("scan.json",) + tuple(f"{kind}_{method}.png" for kind in ("maps", "trigger") for method in METHODS)
 # Reference-world images no reference model was trained on (the demo's test split).
 _CLEAN_SEED = 20_261_123
 
@@ -109,9 +111,16 @@ def _figures(out: Path, method: str, scan, class_names: List[str], highlight) ->
     row = scan.classes.index(scan.suspect)
     mask = scan.trigger_masks[row].detach().float().cpu()
     pattern = scan.trigger_patterns[row].detach().float().cpu().clamp(0, 1)
+    channels = pattern.shape[0]
+    # an image has 1 or 3 channels; other inputs (2, 4, 5, ... channels) are drawn as their channel mean
+    note = "" if channels in (1, 3) else f" (mean of {channels} channels)"
+
+    def picture(image: Tensor) -> Tensor:
+        return image.permute(1, 2, 0).squeeze(-1) if channels in (1, 3) else image.mean(0)
+
     fig, axes = plt.subplots(1, 3, figsize=(6, 2.3))
-    shown = [(mask, "mask", "gray"), (pattern.permute(1, 2, 0).squeeze(-1), "pattern", None),
-             ((pattern * mask).permute(1, 2, 0).squeeze(-1), "mask x pattern", None)]
+    shown = [(mask, "mask", "gray"), (picture(pattern), "pattern" + note, None),
+             (picture(pattern * mask), "mask x pattern" + note, None)]
     for ax, (image, title, cmap) in zip(axes, shown):
         ax.imshow(image.numpy(), cmap=cmap or ("gray" if image.dim() == 2 else None), vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
@@ -158,5 +167,6 @@ def run(args: argparse.Namespace) -> int:
         _figures(args.out, method, scan, class_names, trigger_mask)
         report["methods"][method] = scan.as_dict()
     (args.out / "scan.json").write_text(json.dumps(report, indent=2))
-    print(f"report written to {args.out}: {', '.join(sorted(p.name for p in args.out.iterdir()))}")
+    written = ["scan.json"] + [f"{kind}_{method}.png" for kind in ("maps", "trigger") for method in methods]
+    print(f"report written to {args.out}: {', '.join(sorted(written))}")  # not the user's other files
     return 0
