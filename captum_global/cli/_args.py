@@ -182,8 +182,8 @@ def add_model_options(parser: argparse.ArgumentParser, default_variant: str) -> 
     """The options that choose the model: a reference model, or a user's file."""
     group = parser.add_argument_group("model", "a reference model (default), or your own with --model")
     group.add_argument("--reference", metavar="NAME",
-                       help="a shipped reference model by name, e.g. vgg_patch (see docs/use/cli.md); the same as "
-                            "--arch/--variant for the six original models")
+                       help="a model of the reference zoo by name, e.g. vgg_patch or resnet_sig_s1 (an unknown name "
+                            "lists them all); the same as --arch/--variant for the six original models")
     group.add_argument("--model", type=existing_file, metavar="FILE",
                        help="your model: a TorchScript file, or a state dict (.safetensors, or a torch.save file "
                             "of tensors, read with weights_only=True) with --arch; never unpickled")

@@ -25,7 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     "backdoor and class-wise figures, metrics.json and metrics.md.")
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
     demo.add_argument("--archs", type=name_list(ARCHS), default=list(ARCHS),
-                      help=f"reference architectures, comma separated (from {', '.join(ARCHS)})")
+                      help=f"reference architectures, comma separated (from {', '.join(ARCHS)}; default: all)")
     demo.add_argument("--images", type=int_in(1, len(CLASS_NAMES), "the demo shows one test image per class"),
                       default=4, help=f"test images per architecture, 1 to {len(CLASS_NAMES)} (default 4)")
     demo.add_argument("--methods", type=name_list([s.name for s in LINEUP]), default=[],

@@ -30,7 +30,8 @@ from captum_global.world.zoo import reference_zoo
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description="Train reference zoo models and write their files.")
+    ap = argparse.ArgumentParser(prog="python -m captum_global.world",
+                                 description="Train reference zoo models and write their files.")
     ap.add_argument("--all", action="store_true", help="every zoo model")
     ap.add_argument("--names", nargs="*", default=[], help="zoo names to train")
     ap.add_argument("--out", type=Path, required=True, help="folder for the files")
