@@ -46,7 +46,7 @@ from typing import Dict, List
 import torch
 
 from captum_global import viz
-from captum_global.world import CLASS_NAMES, make_dataset, reference_zoo, zoo_entry
+from captum_global.world import CLASS_NAMES, make_dataset, zoo_entry
 
 from benchmarks import classwise_common as common
 
@@ -125,7 +125,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    names = args.models or [e.name for e in reference_zoo() if e.kind in ("patch", "blended")]
+    names = common.region_trigger_models(args.models)
     rows: List[Dict] = []
     twins: Dict = {}
     for name in names:

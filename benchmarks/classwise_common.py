@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_global.attr import ClassWiseResult, ClassWiseSynthesis
-from captum_global.world import build_model, flip_labels, make_dataset, poison_dataset, zoo_entry
+from captum_global.world import build_model, flip_labels, make_dataset, poison_dataset, reference_zoo, zoo_entry
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
@@ -61,6 +61,11 @@ def explained_data(name: str, n: int, seed: int, source: str = "fresh"):
         noise = s["label_noise"]
         data = flip_labels(data, noise["source"], noise["dest"], noise["share"], seed)
     return data
+
+
+def region_trigger_models(names: Optional[Sequence[str]] = None) -> List[str]:
+    """``names``, or every zoo model whose trigger sits in a region (patch and blended triggers)."""
+    return list(names) if names else [e.name for e in reference_zoo() if e.kind in ("patch", "blended")]
 
 
 def clean_reference(arch: str, n_data: int, seed: int):

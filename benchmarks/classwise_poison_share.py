@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from captum_global.world import reference_zoo, zoo_entry
+from captum_global.world import zoo_entry
 
 from benchmarks import classwise_common as common
 
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    names = args.models or [e.name for e in reference_zoo() if e.kind in ("patch", "blended")]
+    names = common.region_trigger_models(args.models)
     rows = []
     for name in names:
         entry = zoo_entry(name)
