@@ -176,7 +176,7 @@ def main(argv=None) -> None:
                            f"Trigger region boxed; target class {CLASS_NAMES[entry.target_class]}"))
                 viz.save(figure, common.FIGURES / f"classwise_backdoor_{name}.png")
     started = ("noise" if args.init == "noise" else
-             "the same clean real images for every class's set, the model's and its twin's")
+               "the same clean real images for every class's set, the model's and its twin's")
     imitates = ("each imitating one group of its class (k-means of the model's penultimate features)"
                 if args.match == "clusters" else "the set imitating the class mean")
     if args.mode == "trajectory":

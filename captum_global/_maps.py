@@ -71,8 +71,9 @@ def minmax_normalise(maps: Tensor, start_dim: int = 1) -> Tensor:
     (it would otherwise read as such an empty map).
     """
     flat = maps.flatten(start_dim)
-    if not bool(torch.isfinite(flat).all()):
-        bad = sorted({int(i) for i in (~torch.isfinite(flat)).flatten(1).any(dim=1).nonzero().flatten()})
+    non_finite = ~torch.isfinite(flat)
+    if bool(non_finite.any()):
+        bad = non_finite.flatten(1).any(dim=1).nonzero().flatten().tolist()
         raise NonFiniteOutputError(
             f"maps {bad[:8]} hold NaN or infinite values; a map computed from them would read as 'no evidence'")
     low = flat.min(dim=-1, keepdim=True).values

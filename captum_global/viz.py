@@ -32,8 +32,8 @@ def _hwc(image: Tensor) -> np.ndarray:
 
 def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
     """Draw one heat map over its image with Captum's visualiser."""
-    attr = heatmap.detach().float().cpu()[..., None].numpy()
-    if float(minmax_normalise(heatmap.detach().float().cpu()[None]).max()) == 0.0:
+    heat = heatmap.detach().float().cpu()
+    if float(minmax_normalise(heat[None]).max()) == 0.0:
         # A map with no signal (all zero, or constant up to round-off): Captum's
         # normaliser would divide by zero or stretch a constant to full heat,
         # so show the plain image and say so.
@@ -41,7 +41,7 @@ def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
         title = f"{title}\n(empty map)"
     else:
         captum_viz.visualize_image_attr(
-            attr, _hwc(image), method="blended_heat_map", sign="positive",
+            heat[..., None].numpy(), _hwc(image), method="blended_heat_map", sign="positive",
             plt_fig_axis=(ax.figure, ax), use_pyplot=False, alpha_overlay=0.5, cmap="jet",
         )
     ax.set_title(title, fontsize=7)

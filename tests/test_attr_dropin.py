@@ -185,7 +185,8 @@ class Reshaped(nn.Module):
 
 
 def test_softmax_over_one_class_is_refused_by_every_method():
-    """A softmax (or cross-entropy) over one class is constant: it used to give all-zero maps silently."""
+    """A softmax (or cross-entropy) over one class is constant, so every map built on it would be all
+    zeros: each method refuses it."""
     one_class, x = Reshaped((1,)), images()
     with pytest.raises(InvalidArgumentError, match="apply_softmax=True needs at least two classes.*apply_softmax=False"):
         attribute("RISE", one_class, x, target=None)

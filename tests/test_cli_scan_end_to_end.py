@@ -198,7 +198,7 @@ def test_a_model_with_five_channels_scans_and_draws_its_report(user, tmp_path, c
     out = tmp_path / "r"
     argv = ["--model", str(root / "five.safetensors"), "--arch", "e2e_scan_nets:five_channels",
             "--input-shape", "5,16,16", "--clean", str(tmp_path / "clean5.pt"), "--steps", "1"]
-    report, printed = _scan(argv, out, capsys)  # used to end in a matplotlib traceback drawing the trigger
+    report, printed = _scan(argv, out, capsys)  # the 5-channel trigger is drawn (as its channel mean)
     expected = scan_for_backdoor(model, torch.zeros(1, 5, 16, 16), clean_inputs=clean, n_steps=1)
     _assert_same(report, printed, {"ours": expected})
     assert sorted(p.name for p in out.iterdir()) == ["maps_ours.png", "scan.json", "trigger_ours.png"]

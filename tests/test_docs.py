@@ -11,6 +11,7 @@ signatures, the command line pages against the real argparse options and
 the usage message, links and named files, install extras, the Python
 examples' imports, and the README's first screen.
 """
+import argparse
 import ast
 import inspect
 import re
@@ -292,8 +293,8 @@ def test_metric_signatures_in_the_tables_use_the_real_parameter_names():
 
 
 def _cli_options(command: str):
-    from captum_global.cli._main import _subparser, build_parser
-    parser = _subparser(build_parser(), command)
+    from captum_global.cli import build_parser
+    parser = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     return {s for action in parser._actions for s in action.option_strings if s.startswith("--") and s != "--help"}
 
 

@@ -71,7 +71,7 @@ METHODS = {
     (tvm.efficientnet_b0, ["features.1", "features.2", "features.3", "features.5"]),
 ], ids=["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"])
 def test_cifar_sized_inputs_end_on_the_block_not_the_next_expansion(ctor, expected):
-    # at 32 px the last stride-2 stage goes to 1x1; its 1x1 expansion used to be picked as the last block
+    # at 32 px the last stride-2 stage goes to 1x1: the last block is what feeds it, not its 1x1 expansion
     net, x = _meta(ctor, 32)
     assert select_sise_layers(net, x) == expected
 
@@ -135,7 +135,7 @@ def test_transformer_without_conv_blocks_names_the_layers_to_pass():
 
 
 def test_channels_last_token_layer_is_refused_not_read_as_a_map():
-    # [N, h, w, C] tokens are 4-D: they used to be read as an h-channel map of w x C pixels
+    # [N, h, w, C] tokens are 4-D, but not an h-channel map of w x C pixels: naming them is refused
     net, x = TinySwin().eval(), torch.rand(1, 3, 32, 48)
     before = _state(net)
     with pytest.raises(InvalidArgumentError, match=r"layers: 'stage1' returns shape \(1, 8, 12, 12\), which is not "

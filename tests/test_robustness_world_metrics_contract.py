@@ -312,7 +312,7 @@ def test_trigger_refuses_images_it_cannot_stamp_and_regions_that_do_not_fit():
     with pytest.raises(InvalidArgumentError, match="does not fit 32x32"):
         patch_trigger().apply(torch.rand(3, 32, 32))
     with pytest.raises(InvalidArgumentError, match="does not fit 32x32"):
-        patch_trigger().mask(32, 32)  # was an empty mask
+        patch_trigger().mask(32, 32)  # refused, not an empty or cut mask
     assert int(patch_trigger().mask(64, 64).sum()) == 36
     with pytest.raises(InvalidArgumentError, match="size must be an int >= 2"):
         patch_trigger(size=1, image_size=8)

@@ -315,19 +315,18 @@ def _class_forward_args(afa: Optional[Tuple], rows: List[int], classes: List[int
     """
     if afa is None:
         return None
-    first = [rows.index(c) for c in classes]
-    owner = torch.tensor([first[classes.index(c)] for c in rows])
-    own = index_additional_args(afa, torch.arange(n), n)
+    owner = torch.tensor([rows.index(c) for c in rows])  # the first example with the same target
     shared = index_additional_args(afa, owner, n)
-    for i, (a, mine, theirs) in enumerate(zip(afa, own, shared)):
-        if mine is not a and not torch.equal(mine, theirs):
-            example = int(((mine != theirs).reshape(n, -1).any(dim=1)).nonzero()[0])
+    for i, (a, theirs) in enumerate(zip(afa, shared)):
+        if theirs is not a and not torch.equal(a, theirs):  # per-example, and not shared within a class
+            example = int(((a != theirs).reshape(n, -1).any(dim=1)).nonzero()[0])
             raise InvalidArgumentError(
                 f"additional_forward_args[{i}] is per-example (its first dimension is the {n} examples) and "
                 f"differs between examples {int(owner[example])} and {example}, which have the same target "
                 f"{rows[example]}: InputAgnosticSaliency computes one map per class, so examples of one class "
                 "must share their per-example arguments")
-    return index_additional_args(afa, torch.tensor(first).repeat_interleave(samples_per_step), n)
+    first = torch.tensor([rows.index(c) for c in classes])
+    return index_additional_args(afa, first.repeat_interleave(samples_per_step), n)
 
 
 def _check_refine(refine) -> None:

@@ -91,17 +91,14 @@ def name_list(choices: Sequence[str]) -> Callable[[str], List[str]]:
 def int_list(text: str) -> List[int]:
     """An argparse type: comma-separated distinct ints >= 0."""
     values = [int_in(0)(v) for v in _strict_items(text, "distinct comma-separated class indices")]
-    if not values or len(set(values)) != len(values):
+    if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"expected distinct comma-separated class indices, got {text!r}")
     return values
 
 
 def float_list(text: str) -> List[float]:
     """An argparse type: comma-separated finite numbers."""
-    values = [_finite(v) for v in _strict_items(text, "comma-separated numbers")]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    return values
+    return [_finite(v) for v in _strict_items(text, "comma-separated numbers")]
 
 
 def shape(text: str) -> Tuple[int, int, int]:
@@ -130,22 +127,19 @@ def existing_path(text: str) -> Path:
     return path
 
 
-def _finite_json_float(refuse: Callable[[str], None]) -> Callable[[str], float]:
-    def parse(word: str) -> float:
-        value = float(word)
-        if not math.isfinite(value):  # 1e999 overflows to infinity
-            refuse(word)
-        return value
-    return parse
-
-
 def json_object(text: str) -> Dict[str, Any]:
     """An argparse type: a JSON object (lists become tuples, as Captum wants window shapes)."""
     def non_finite(word: str) -> None:  # Python's json reads NaN and Infinity; no setting wants them
         raise argparse.ArgumentTypeError(f"must hold finite numbers, got {word} in {text!r}")
 
+    def finite_float(word: str) -> float:
+        value = float(word)
+        if not math.isfinite(value):  # 1e999 overflows to infinity
+            non_finite(word)
+        return value
+
     try:
-        value = json.loads(text, parse_constant=non_finite, parse_float=_finite_json_float(non_finite))
+        value = json.loads(text, parse_constant=non_finite, parse_float=finite_float)
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"n_steps\": 32}}': {error}") from None
     if not isinstance(value, dict):

@@ -27,9 +27,15 @@ from captum_global.cli._args import (
 )
 
 METHODS = ("ours", "neural-cleanse")
-# The files a scan writes, by exact name: --force removes these and nothing else
-# (a user's "maps_holiday.png" in the folder is not ours).
-SCAN_FILES = ("scan.json",) + tuple(f"{kind}_{method}.png" for kind in ("maps", "trigger") for method in METHODS)
+
+
+def _report_files(methods) -> tuple:
+    """The names of the files a scan with ``methods`` writes, by exact name: ``--force`` removes
+    these and nothing else (a user's "maps_holiday.png" in the folder is not ours)."""
+    return ("scan.json",) + tuple(f"{kind}_{method}.png" for kind in ("maps", "trigger") for method in methods)
+
+
+SCAN_FILES = _report_files(METHODS)
 # Reference-world images no reference model was trained on (the demo's test split).
 _CLEAN_SEED = 20_261_123
 
@@ -167,6 +173,5 @@ def run(args: argparse.Namespace) -> int:
         _figures(args.out, method, scan, class_names, trigger_mask)
         report["methods"][method] = scan.as_dict()
     (args.out / "scan.json").write_text(json.dumps(report, indent=2))
-    written = ["scan.json"] + [f"{kind}_{method}.png" for kind in ("maps", "trigger") for method in methods]
-    print(f"report written to {args.out}: {', '.join(sorted(written))}")  # not the user's other files
+    print(f"report written to {args.out}: {', '.join(sorted(_report_files(methods)))}")  # not the user's other files
     return 0

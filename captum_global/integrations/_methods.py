@@ -18,8 +18,9 @@ from captum.attr import Attribution, NoiseTunnel
 from torch import Tensor, nn
 
 import captum_global.attr
-from captum_global._checks import check_choice
+from captum_global._checks import check_choice, check_model_output
 from captum_global._maps import resize_maps
+from captum_global._model_state import preserved_model_state
 from captum_global._targets import parse_target
 from captum_global.attr import InputAgnosticSaliency
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
@@ -276,9 +277,6 @@ def as_target_list(targets: Any, n: int, num_classes: Optional[int] = None) -> L
 
 def num_classes_of(model: nn.Module, inputs: Tensor) -> int:
     """The model's number of classes, from one no-grad eval-mode pass on ``inputs[:1]`` (state restored)."""
-    from captum_global._checks import check_model_output
-    from captum_global._model_state import preserved_model_state
-
     with preserved_model_state(model), torch.no_grad():
         try:
             output = model(inputs[:1])

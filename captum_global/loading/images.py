@@ -119,9 +119,7 @@ def _unit_array(image, channels: int, size: Tuple[int, int]):
     clipped, instead of PIL's conversion that clips them at 255.
     """
     import numpy as np
-    from PIL import Image
-
-    from PIL import ImageOps
+    from PIL import Image, ImageOps
 
     height, width = size
     image = ImageOps.exif_transpose(image)  # a camera's EXIF orientation: the picture as it is shown

@@ -248,8 +248,8 @@ def flag_anomalies(values: Tensor, threshold: float = 2.0, direction: str = "hig
     """
     threshold = check_number(threshold, "threshold", minimum=0.0)
     direction = check_choice(direction, "direction", ("high", "low", "both"))
-    index = mad_anomaly_index(values, min_scale=min_scale)
-    values = _statistics(values, 2)  # the side is judged in the precision of the index
+    values = _statistics(values, 2)  # checked once; the side is judged in the precision of the index
+    index = _index_against(values, values, check_number(min_scale, "min_scale", minimum=0.0))
     median = values.quantile(0.5, dim=-1, keepdim=True)
     side = {"high": values > median, "low": values < median, "both": values != median}[direction]
     return (index > threshold) & side

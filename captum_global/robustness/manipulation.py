@@ -24,14 +24,14 @@ from captum_global._seeding import check_seed, cuda_devices, make_generator, see
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.robustness.explanations import check_differentiable, differentiable_explanation
 from captum_global.robustness.measures import (
+    _centre,
     _detached,
+    _mass_on,
     _paired,
+    _top_k,
     border_region,
-    center_of_mass,
     location_loss,
     normalised_maps,
-    top_k_mass,
-    top_k_region,
 )
 
 __all__ = ["FOOLINGS", "ManipulationResult", "manipulate_model", "fooling_penalty"]
@@ -130,10 +130,11 @@ def fooling_penalty(fooling: str, maps: Tensor, reference: Optional[Tensor] = No
         raise InvalidArgumentError(f"reference maps are required for {fooling} fooling")
     h, h_ref = _paired(normalised_maps(maps), normalised_maps(_detached(reference), "reference"))
     if fooling == "top_k":
-        return top_k_mass(maps, top_k_region(reference, top_k_fraction)).mean()
+        fraction = check_number(top_k_fraction, "fraction", 0.0, 1.0, min_inclusive=False)
+        return _mass_on(h, _top_k(h_ref, fraction)).mean()
     if fooling == "center_mass":
-        far = (center_of_mass(reference) < 0.5).to(maps.dtype)  # the far corner, in image sides
-        return (center_of_mass(maps) - far).abs().sum(dim=1).mean()
+        far = (_centre(h_ref) < 0.5).to(maps.dtype)  # the far corner, in image sides
+        return (_centre(h) - far).abs().sum(dim=1).mean()
     if maps_second is None or reference_second is None:
         raise InvalidArgumentError("active fooling needs the maps of both classes")
     h2, h2_ref = _paired(normalised_maps(maps_second, "maps_second"),

@@ -139,18 +139,26 @@ def top_k_region(maps: MapLike, fraction: float = 0.1) -> Tensor:
                  [1, 0]]], dtype=torch.int32)
     """
     check_number(fraction, "fraction", 0.0, 1.0, min_inclusive=False)
-    normalised = normalised_maps(maps)
-    h = normalised.flatten(1)
-    k = max(1, int(round(fraction * h.shape[1])))
-    region = torch.zeros_like(h, dtype=torch.bool)
-    order = torch.sort(h, dim=1, descending=True, stable=True).indices
+    return _top_k(normalised_maps(maps), fraction)
+
+
+def _top_k(h: Tensor, fraction: float) -> Tensor:
+    """:func:`top_k_region` of normalised ``[N, H, W]`` maps ``h``."""
+    flat = h.flatten(1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    region = torch.zeros_like(flat, dtype=torch.bool)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
     region.scatter_(1, order[:, :k], True)
-    return region.view(normalised.shape)
+    return region.view(h.shape)
 
 
 def top_k_mass(maps: MapLike, region: Tensor) -> Tensor:
     """Share of each normalised map's mass on ``region`` (``[N, H, W]`` or ``[H, W]`` bool); 0 for an empty map."""
-    h = normalised_maps(maps)
+    return _mass_on(normalised_maps(maps), region)
+
+
+def _mass_on(h: Tensor, region: Tensor) -> Tensor:
+    """:func:`top_k_mass` of normalised ``[N, H, W]`` maps ``h``."""
     region = _region(region, h)
     total = h.flatten(1).sum(1)
     inside = (h * region.to(h.dtype)).flatten(1).sum(1)
@@ -178,7 +186,11 @@ def center_of_mass(maps: MapLike) -> Tensor:
     Pixel centres sit at ``(i + 0.5) / H``; a map without signal has its
     centre at the image centre ``(0.5, 0.5)``.
     """
-    h = normalised_maps(maps)
+    return _centre(normalised_maps(maps))
+
+
+def _centre(h: Tensor) -> Tensor:
+    """:func:`center_of_mass` of normalised ``[N, H, W]`` maps ``h``."""
     n, height, width = h.shape
     rows = (torch.arange(height, dtype=h.dtype, device=h.device) + 0.5) / height
     cols = (torch.arange(width, dtype=h.dtype, device=h.device) + 0.5) / width
@@ -192,8 +204,8 @@ def center_of_mass(maps: MapLike) -> Tensor:
 
 def center_of_mass_shift(maps: MapLike, reference: MapLike) -> Tensor:
     """Euclidean distance between the maps' and the reference maps' centres of mass, in image sides."""
-    _paired(normalised_maps(maps), normalised_maps(reference, "reference"))
-    return (center_of_mass(maps) - center_of_mass(reference)).norm(dim=1)
+    h, h_ref = _paired(normalised_maps(maps), normalised_maps(reference, "reference"))
+    return (_centre(h) - _centre(h_ref)).norm(dim=1)
 
 
 def rank_correlation(maps: MapLike, reference: MapLike) -> Tensor:
