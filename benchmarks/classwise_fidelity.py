@@ -132,10 +132,11 @@ def main(argv=None) -> None:
                 if match == "clusters":
                     source = method.real_class_gradients(data, checkpoints=trajectory, real_examples=3,
                                                          batch_size=250, clusters=n)
-                r = common.synthesise(model, source, None, n, mode, args.iterations, args.seed, match=match,
-                                      checkpoints_per_iteration=args.checkpoints_per_iteration,
-                                      student_steps=args.student_steps, student_batch=args.student_batch,
-                                      real_examples=3, priors=priors or None)
+                per_mode = (dict(match=match, checkpoints_per_iteration=args.checkpoints_per_iteration)
+                            if mode == "gradient" else
+                            dict(student_steps=args.student_steps, student_batch=args.student_batch))
+                r = common.synthesise(model, source, None, n, mode, args.iterations, args.seed,
+                                      real_examples=3, priors=priors or None, **per_mode)
                 seconds = time.perf_counter() - t0
                 own = torch.tensor(r.classes).view(-1, 1)
                 along_d = method.matching_distance(r.images, targets[True], per_checkpoint=True) if True in targets else None

@@ -45,8 +45,8 @@ def stage(arch: str, name: str, n: int, args) -> None:
 
         targets = ClassWiseSynthesis(model).real_class_gradients(data, checkpoints=trajectory, batch_size=250)
         if name in ("gradient", "trajectory"):
-            common.synthesise(model, targets, None, n, name, args.iterations, args.seed, augment=False,
-                              student_steps=args.student_steps)
+            per_mode = dict(student_steps=args.student_steps) if name == "trajectory" else {}
+            common.synthesise(model, targets, None, n, name, args.iterations, args.seed, augment=False, **per_mode)
     print(json.dumps(dict(peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 

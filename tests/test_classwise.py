@@ -185,7 +185,9 @@ def test_one_step_equals_hand_computed_update(option):
     if option == "mse":
         distance = "mse"
     optimizer = "adam" if option in ("adam", "mse") else "sgd"
-    r = method.attribute(data, lr=lr, optimizer=optimizer, momentum=0.0, priors=priors, augment=augment,
+    if optimizer == "sgd":
+        kwargs["momentum"] = 0.0
+    r = method.attribute(data, lr=lr, optimizer=optimizer, priors=priors, augment=augment,
                          distance=distance, **kwargs)
     x0 = r.initial_images[0].clone().requires_grad_(True)
     real = real_class_mean_gradient(model, data, 1)

@@ -363,3 +363,24 @@ def test_loaders_and_batch_sizes_agree(setup):
     assert all(torch.equal(again.real_examples[c], ref.real_examples[c]) for c in ref.classes)
     # BatchNorm and Dropout of a model in train mode: run in eval mode, flags restored
     assert model.training and model.bn.training and model.d.training
+
+
+def test_options_the_mode_never_reads_are_refused_not_ignored(setup):
+    model, x, y = setup
+    data = TensorDataset(x, y)
+    method = ClassWiseSynthesis(model)
+    two_points = [model.state_dict(), {k: v + 0.1 if v.is_floating_point() else v
+                                       for k, v in model.state_dict().items()}]
+    for option, value in [("student_steps", 3), ("checkpoint_gap", 2), ("student_batch", 4), ("step_scale", 0.5),
+                          ("learn_step_scale", False), ("momentum", 0.9)]:  # momentum: Adam is the default optimiser
+        with pytest.raises(InvalidArgumentError, match=rf"{option}=.* has no effect here"):
+            method.attribute(data, **FAST, **{option: value})
+    for option, value in [("optimizer", "sgd"), ("momentum", 0.9), ("checkpoints_per_iteration", 1)]:
+        with pytest.raises(InvalidArgumentError, match=rf"{option}=.* has no effect here: only .*mode='gradient'"):
+            method.attribute(data, **FAST, mode="trajectory", checkpoints=two_points, **{option: value})
+    # an option at its default, or read by the mode, is accepted, and the defaults change nothing
+    plain = method.attribute(data, **FAST)
+    spelled = method.attribute(data, **FAST, student_steps=10, checkpoint_gap=1, momentum=0.5)
+    assert torch.equal(plain.images, spelled.images)
+    method.attribute(data, **FAST, optimizer="sgd", momentum=0.9)
+    method.attribute(data, **FAST, mode="trajectory", checkpoints=two_points, student_steps=2, step_scale=0.5)

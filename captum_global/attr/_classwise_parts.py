@@ -93,6 +93,26 @@ def check_options(optimizer, lr, init, distance, images_per_class, iterations, p
     return priors, value_range
 
 
+#: Options that only one mode reads (``momentum`` only the SGD optimiser of gradient mode).
+GRADIENT_ONLY = ("optimizer", "momentum", "checkpoints_per_iteration")
+TRAJECTORY_ONLY = ("student_steps", "checkpoint_gap", "student_batch", "step_scale", "learn_step_scale")
+
+
+def check_mode_options(mode: str, optimizer: str, given: Dict[str, object], defaults: Dict[str, object]) -> None:
+    """Refuse an option set away from its default where ``mode`` (or the optimiser) never reads it:
+    it would be silently ignored."""
+    unused = TRAJECTORY_ONLY if mode == "gradient" else GRADIENT_ONLY
+    if mode == "gradient" and optimizer != "sgd":
+        unused += ("momentum",)
+    for name in unused:
+        if given[name] != defaults[name]:
+            reader = "the SGD optimiser of mode='gradient'" if name == "momentum" else (
+                "mode='trajectory'" if name in TRAJECTORY_ONLY else "mode='gradient'")
+            raise InvalidArgumentError(
+                f"{name}={given[name]!r} has no effect here: only {reader} reads it (mode={mode!r}, "
+                f"optimizer={optimizer!r}); leave it at its default {defaults[name]!r}")
+
+
 def checked_augment(augment: Optional[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
     """``augment`` (or the identity) whose output is checked for shape and finiteness."""
     if augment is None:

@@ -23,6 +23,7 @@ See the "Use" page ``docs/use/classwise.md`` for the options and figures.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -343,6 +344,10 @@ class ClassWiseSynthesis(Attribution):
         priors, value_range = parts.check_options(optimizer, lr, init, distance, images_per_class, iterations,
                                                   priors, value_range, augment, momentum, mode,
                                                   parametrization, match)
+        parts.check_mode_options(mode, optimizer, dict(
+            optimizer=optimizer, momentum=momentum, checkpoints_per_iteration=checkpoints_per_iteration,
+            student_steps=student_steps, checkpoint_gap=checkpoint_gap, student_batch=student_batch,
+            step_scale=step_scale, learn_step_scale=learn_step_scale), _ATTRIBUTE_DEFAULTS)
         real_examples = check_int(real_examples, "real_examples", minimum=0)
         student_steps = check_int(student_steps, "student_steps", minimum=1)
         checkpoint_gap = check_int(checkpoint_gap, "checkpoint_gap", minimum=1)
@@ -419,3 +424,7 @@ class ClassWiseSynthesis(Attribution):
 
 
 GradientMatchingSynthesis = ClassWiseSynthesis
+
+
+# the signature's defaults, read once: an option left at its default is never "set" for the other mode
+_ATTRIBUTE_DEFAULTS = {name: p.default for name, p in inspect.signature(ClassWiseSynthesis.attribute).parameters.items()}
