@@ -67,8 +67,6 @@ def check_options(optimizer, lr, init, distance, images_per_class, iterations, p
                   value_range, augment, momentum, mode, parametrization, match) -> Tuple[Dict[str, float], Optional[Tuple[float, float]]]:
     """Validate the options of ``attribute``; returns ``(priors, value_range)``."""
     check_choice(match, "match", ("class", "clusters"))
-    if match == "clusters" and mode == "trajectory":
-        raise InvalidArgumentError("match='clusters' applies to mode='gradient' (a student trains on the whole set)")
     check_choice(optimizer, "optimizer", ("adam", "sgd"))
     check_choice(parametrization, "parametrization", PARAMETRIZATIONS)
     if lr is not None:
@@ -94,7 +92,7 @@ def check_options(optimizer, lr, init, distance, images_per_class, iterations, p
 
 
 #: Options that only one mode reads (``momentum`` only the SGD optimiser of gradient mode).
-GRADIENT_ONLY = ("optimizer", "momentum", "checkpoints_per_iteration")
+GRADIENT_ONLY = ("optimizer", "momentum", "checkpoints_per_iteration", "match")  # a student trains on the whole set
 TRAJECTORY_ONLY = ("student_steps", "checkpoint_gap", "student_batch", "step_scale", "learn_step_scale")
 
 

@@ -347,7 +347,7 @@ class ClassWiseSynthesis(Attribution):
         parts.check_mode_options(mode, optimizer, dict(
             optimizer=optimizer, momentum=momentum, checkpoints_per_iteration=checkpoints_per_iteration,
             student_steps=student_steps, checkpoint_gap=checkpoint_gap, student_batch=student_batch,
-            step_scale=step_scale, learn_step_scale=learn_step_scale), _ATTRIBUTE_DEFAULTS)
+            step_scale=step_scale, learn_step_scale=learn_step_scale, match=match), _ATTRIBUTE_DEFAULTS)
         real_examples = check_int(real_examples, "real_examples", minimum=0)
         student_steps = check_int(student_steps, "student_steps", minimum=1)
         checkpoint_gap = check_int(checkpoint_gap, "checkpoint_gap", minimum=1)
