@@ -79,8 +79,12 @@ def minmax_normalise(maps: Tensor, start_dim: int = 1) -> Tensor:
     low = flat.min(dim=-1, keepdim=True).values
     high = flat.max(dim=-1, keepdim=True).values
     span = high - low
-    floor = (NO_SIGNAL_RTOL * torch.maximum(low.abs(), high.abs())).clamp(min=_EPS)
-    out = torch.where(span > floor, (flat - low) / span.clamp(min=_EPS), torch.zeros_like(flat))
+    # relative to the map's magnitude only: a model whose scores are all tiny (1e-13) still gives its map;
+    # the dtype's smallest normal number keeps an all-zero map at zero
+    tiny = torch.finfo(flat.dtype).tiny if flat.is_floating_point() else _EPS
+    floor = (NO_SIGNAL_RTOL * torch.maximum(low.abs(), high.abs())).clamp(min=tiny)
+    signal = span > floor
+    out = torch.where(signal, (flat - low) / torch.where(signal, span, torch.ones_like(span)), torch.zeros_like(flat))
     return out.view_as(maps)
 
 

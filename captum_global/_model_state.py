@@ -7,15 +7,44 @@ same ``requires_grad`` flags, no hooks left behind, even when an error is
 raised half-way. This module owns that promise so that no method has to
 re-implement it.
 """
+import functools
 from contextlib import contextmanager
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
+import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["preserved_model_state", "HookBag", "find_module"]
+__all__ = ["preserved_model_state", "autograd_on", "module_of", "HookBag", "find_module"]
+
+
+def module_of(forward_func: Any, depth: int = 0) -> Optional[nn.Module]:
+    """The ``nn.Module`` behind a forward function: the module itself, a bound
+    method of one, a ``functools.partial`` of one, or a wrapper that keeps it
+    as ``forward_func`` (:class:`~captum_global.metrics.ForwardCounter`, Captum's
+    attribution objects); None for a plain function."""
+    if depth > 8:
+        return None
+    if isinstance(forward_func, nn.Module):
+        return forward_func
+    owner = getattr(forward_func, "__self__", None)
+    if isinstance(owner, nn.Module):
+        return owner
+    if isinstance(forward_func, functools.partial):
+        return module_of(forward_func.func, depth + 1)
+    inner = getattr(forward_func, "forward_func", None)
+    return None if inner is None else module_of(inner, depth + 1)
+
+
+@contextmanager
+def autograd_on() -> Iterator[None]:
+    """Gradients on for the body, also under the caller's ``torch.no_grad()`` or
+    ``torch.inference_mode()`` (Captum's wrappers call attributions under no_grad;
+    users call them under inference_mode). Usable as a decorator."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 @contextmanager
@@ -24,14 +53,17 @@ def preserved_model_state(
 ) -> Iterator[None]:
     """Run the body with ``forward_func`` in eval mode, then restore its flags.
 
-    ``forward_func`` may be any callable; only ``nn.Module`` instances have
-    state to protect. With ``freeze_parameters`` the body runs with every
+    ``forward_func`` may be any callable; the state protected is that of the
+    module behind it (:func:`module_of`: Captum methods accept ``model.forward``,
+    a ``functools.partial`` or a wrapper as well as the module); a plain
+    function has none. With ``freeze_parameters`` the body runs with every
     parameter's ``requires_grad`` off (for methods that differentiate only
     with respect to their own inputs). Restores every submodule's
     ``training`` flag and every parameter's ``requires_grad`` flag on exit,
     error or not.
     """
-    if not isinstance(forward_func, nn.Module):
+    forward_func = module_of(forward_func)
+    if forward_func is None:
         yield
         return
     modules = list(forward_func.modules())
@@ -51,7 +83,11 @@ def preserved_model_state(
         for p, flag in zip(params, requires_grad):
             # only flags that changed: setting one, even unchanged, raises for weights made under inference_mode
             if p.requires_grad != flag:
-                p.requires_grad_(flag)
+                if p.is_inference():  # such a weight can be frozen anywhere, but unfrozen only in inference mode
+                    with torch.inference_mode():
+                        p.requires_grad_(flag)
+                else:
+                    p.requires_grad_(flag)
 
 
 class HookBag:

@@ -93,8 +93,9 @@ class TargetIndex:
             value = self.index[row].tolist()
             value = value[0] if k == 1 else tuple(value)
             valid = f"0..{shape[0] - 1} (or -{shape[0]}..-1)" if k == 1 else f"indices within {shape}"
+            where = f" (example {row})" if self.num_examples > 1 else ""
             raise InvalidArgumentError(
-                f"{self.argument} {value!r} (example {row}) is out of range: the model has {shape} outputs, "
+                f"{self.argument} {value!r}{where} is out of range: the model has {shape} outputs, "
                 f"valid values are {valid}"
             )
         return TargetIndex(torch.remainder(self.index, sizes), self.num_examples, self.argument)

@@ -197,14 +197,6 @@ def test_command_line_refuses_bad_values_with_usage(capsys):
         assert "usage: python -m benchmarks.run" in capsys.readouterr().err
 
 
-def test_rise_docstring_example_runs():
-    import doctest
-
-    import captum_global.attr.rise
-
-    assert doctest.testmod(captum_global.attr.rise).failed == 0
-
-
 def test_lineup_parts_come_from_the_same_run_and_explain_is_one_tensor():
     from captum_global.lineup import LINEUP, build_lineup, build_lineup_with_parts
 

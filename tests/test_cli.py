@@ -100,7 +100,7 @@ def test_errors_found_after_parsing_end_the_same_way(user_files, tmp_path, capsy
     model = str(user_files / "vgg_patch.safetensors")
     cases = [
         (["scan", "--model", model, "--arch", "vgg", "--num-classes", "5"], "--input-shape C,H,W is required"),
-        (["scan", "--model", model, "--arch", "resnet", "--input-shape", "3,64,64"], "do not fit arch="),
+        (["scan", "--model", model, "--arch", "resnet", "--input-shape", "3,64,64"], "do not fit --arch 'resnet'"),
         (["scan", "--model", model, "--arch", "vgg", "--input-shape", "3,64,64", "--num-classes", "7"],
          "fc.weight: file (5, 64) vs model (7, 64)"),
         (["scan", "--model", model, "--arch", "no_such_pkg.models:Net", "--input-shape", "3,64,64"],
@@ -399,7 +399,7 @@ def test_an_entry_point_that_fails_when_called_is_a_usage_error(user_code, capsy
     for arch, message in (("sweep_user_nets:needs_width", "missing 1 required positional argument: 'width'"),
                           ("sweep_user_nets:broken", "ValueError: bug in the user's code")):
         err = usage_error(["layers", arch], capsys)
-        assert f"arch={arch!r}: calling it failed" in err and message in err
+        assert f"error: model {arch!r}: calling it failed" in err and message in err  # the positional argument
         err = usage_error(["scan", "--model", weights, "--arch", arch, "--input-shape", "3,16,16",
                            "--out", str(user_code / "out")], capsys)
         assert "calling it failed" in err and message in err

@@ -57,7 +57,7 @@ def tiny_net(num_classes=3):
                                             ("contract_syntax", "SyntaxError: invalid syntax")])
 def test_entry_point_whose_module_fails_on_import_is_a_usage_error(user_code, capsys, module, reason):
     err = usage_error(["layers", f"{module}:f"], capsys)
-    assert f"error: arch='{module}:f': importing module '{module}' failed: {reason}" in err
+    assert f"error: model '{module}:f': importing module '{module}' failed: {reason}" in err
 
 
 @pytest.mark.parametrize("method_args, word", [('{"n_steps": NaN}', "NaN"), ('{"n_steps": Infinity}', "Infinity"),
@@ -123,7 +123,7 @@ def test_labels_out_of_range_are_refused_before_anything_is_written(tmp_path, us
                        str(tmp_path / "labels.csv"), "--out", str(out), "--model", str(tmp_path / "w.safetensors"),
                        "--arch", "contract_net:net", "--num-classes", "3", "--input-shape", "3,16,16", "--quiet"],
                       capsys)
-    assert "error: target: label 7 of example 1 (é.png) is not a class 0..2" in err
+    assert "error: --labels: label 7 of example 1 (é.png) is not a class 0..2" in err  # a label of the file
     assert not out.exists()
 
 

@@ -273,7 +273,7 @@ MISTAKES = [
     ("threshold 0", ["--threshold", "0"], "argument --threshold: must be > 0, got 0.0"),
     ("clean of another shape", ["--clean", "SMALL"],
      "--clean holds images of shape (3, 8, 8), the model takes (3, 16, 16)"),
-    ("num classes", ["--num-classes", "5"], "pass num_classes=4?"),
+    ("num classes", ["--num-classes", "5"], "pass --num-classes 4?"),
     ("too few clean", ["--clean", "CLEAN", "--max-clean", "1"], "--clean must give at least 2 clean images, got 1"),
 ]
 

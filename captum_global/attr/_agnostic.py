@@ -412,6 +412,6 @@ def scale_maps(maps: Tensor, scale: str) -> Tensor:
     if scale == "minmax":
         return minmax_normalise(maps)
     if scale == "max":
-        top = maps.flatten(1).max(dim=1).values.clamp(min=1e-12)
+        top = maps.flatten(1).max(dim=1).values.clamp(min=torch.finfo(maps.dtype).tiny)  # relative: tiny maps too
         return maps / top.view(-1, *([1] * (maps.dim() - 1)))
     return maps

@@ -298,18 +298,3 @@ def run_gradient_matching(model: nn.Module, rg: ClassGradients, start: Tensor, *
         for z in leaves:
             param.project(z)
     return torch.stack([param.decode(z).detach() for z in leaves]), history
-
-
-class autograd_on:
-    """Gradients on, also under the caller's ``torch.no_grad()`` or ``torch.inference_mode()``."""
-
-    def __enter__(self):
-        self._modes = [torch.inference_mode(False), torch.enable_grad()]
-        for m in self._modes:
-            m.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for m in reversed(self._modes):
-            m.__exit__(*exc)
-        return False

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from captum_global._checks import check_finite_output, check_model_output
 from captum_global._maps import NO_SIGNAL_RTOL, minmax_normalise, resize_maps
-from captum_global._model_state import HookBag, find_module
+from captum_global._model_state import HookBag, autograd_on, find_module
 from captum_global._scoring import iter_scores
 from captum_global._targets import TargetIndex
 from captum_global.attr._layers import check_layer_map
@@ -57,7 +57,7 @@ def gradient_pass(
         return hook
 
     # wrappers such as NoiseTunnel may call us under no_grad, users under inference_mode
-    with HookBag() as bag, torch.inference_mode(False), torch.enable_grad():
+    with HookBag() as bag, autograd_on():
         for name in names:
             module = find_module(model, name, "layers")
             if isinstance(module, torch.jit.ScriptModule):

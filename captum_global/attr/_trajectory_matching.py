@@ -32,7 +32,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from captum_global._checks import check_finite_output, check_model_output

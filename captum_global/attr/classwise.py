@@ -43,7 +43,7 @@ from captum_global._checks import (
     check_number,
     check_tensor,
 )
-from captum_global._model_state import preserved_model_state
+from captum_global._model_state import autograd_on, preserved_model_state
 from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global.attr import _classwise_parts as parts
 from captum_global.attr._batchnorm_stats import fill_population_statistics, untracked_batchnorms
@@ -150,7 +150,7 @@ class ClassWiseSynthesis(Attribution):
         seed = check_seed(seed)
         classes = parts.format_classes(classes)
         names = matched_parameter_names(model, parameters)
-        with parts.autograd_on(), preserved_model_state(model, eval_mode=True), \
+        with autograd_on(), preserved_model_state(model, eval_mode=True), \
                 seeded_global_rng(seed, cuda_devices(model)):
             points, labels, given = resolve_checkpoints(model, checkpoints)
             if given and any(untracked_batchnorms(model, p) for p in points):
@@ -198,7 +198,7 @@ class ClassWiseSynthesis(Attribution):
             raise InvalidArgumentError(
                 f"images must hold one input per group of real_gradients ({real_gradients.cluster_counts.shape[1]} "
                 f"per class: input j imitates group j), got {images.shape[1]} per class")
-        with parts.autograd_on(), preserved_model_state(model, eval_mode=True):
+        with autograd_on(), preserved_model_state(model, eval_mode=True):
             table = torch.stack([torch.stack([
                 parts.class_distance(model, images[i], i, real_gradients, distance, False, [k]).detach()
                 for i in range(len(real_gradients.classes))]) for k in range(len(real_gradients.points))])
@@ -380,7 +380,7 @@ class ClassWiseSynthesis(Attribution):
         progress = parts.show(show_progress)
         trajectory_info: Dict[str, Any] = {}
         set_labels = torch.tensor(rg.classes).repeat_interleave(images_per_class)  # trajectory mode: the flat set
-        with parts.autograd_on(), preserved_model_state(model, eval_mode=True), \
+        with autograd_on(), preserved_model_state(model, eval_mode=True), \
                 seeded_global_rng(seed, cuda_devices(model)):
             if mode == "gradient":
                 images, history = parts.run_gradient_matching(

@@ -30,7 +30,7 @@ from captum_global._compat import (
     format_output,
     is_tuple,
 )
-from captum_global._model_state import preserved_model_state
+from captum_global._model_state import autograd_on, preserved_model_state
 from captum_global._scoring import check_class_scores, index_additional_args
 from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global._targets import parse_target
@@ -244,7 +244,7 @@ class InputAgnosticSaliency(GradientAttribution):
         check_model_weights(self.forward_func, autograd=True)
         # gradients also under the caller's inference_mode; a model that draws from the global RNG
         # (MC dropout) draws from a state seeded by ``seed``, and the caller's state comes back afterwards
-        with preserved_model_state(self.forward_func, freeze_parameters=True), torch.inference_mode(False), \
+        with preserved_model_state(self.forward_func, freeze_parameters=True), autograd_on(), \
                 seeded_global_rng(seed, cuda_devices(self.forward_func, *inputs_t)):
             output_shape = self._probe(inputs_t, settings["value_range"], index_additional_args(
                 afa, torch.zeros(1, dtype=torch.long), n))

@@ -83,7 +83,10 @@ class RISE(PerturbationAttribution):
 
     Args:
         forward_func (Callable): the model (or any function) returning
-            ``[N, classes]`` scores.
+            ``[N, classes]`` scores. The module behind it (the module,
+            ``model.forward``, a ``functools.partial`` of it or a wrapper
+            such as ``ForwardCounter``) runs in eval mode and gets its flags
+            back.
 
     Examples::
 

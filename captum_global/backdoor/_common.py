@@ -7,8 +7,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_global._checks import check_finite_output, check_int, check_model_output, check_number, check_tensor
+from captum_global._checks import (check_finite_output, check_int, check_model_output, check_model_weights,
+                                  check_number, check_tensor)
 from captum_global._model_state import preserved_model_state
+from captum_global._targets import parse_target
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.metrics import mad_anomaly_index, trigger_energy_share, trigger_iou
 
@@ -19,7 +21,9 @@ MIN_CLASSES = 3
 
 
 def count_classes(model: nn.Module, example: Tensor) -> int:
-    """Number of classes of ``model``, from one forward pass on ``example[:1]``."""
+    """Number of classes of ``model``, from one forward pass on ``example[:1]``; first refuses
+    weights the scans cannot differentiate through (meta, or made under ``torch.inference_mode()``)."""
+    check_model_weights(model, "model", autograd=True)
     with preserved_model_state(model), torch.no_grad():
         # a copy: a model that works in place on its input must not change the caller's tensor
         out = check_model_output(model(example[:1].clone()), "model")
@@ -41,9 +45,8 @@ def check_label(target: Any, num_classes: int) -> int:
             and not target.is_complex() and target.dtype != torch.bool:
         target = int(target.reshape(-1)[0])
     label = check_int(target, "target")
-    if not 0 <= label < num_classes:
-        raise InvalidArgumentError(f"target {label} out of range: the model has {num_classes} classes")
-    return label
+    # Captum's rule, from the one target parser: negative labels count from the end
+    return parse_target(label, 1, "target").checked((1, num_classes)).classes()[0]
 
 
 def check_images(value: Any, argument: str, min_examples: int = 1) -> Tensor:
@@ -76,17 +79,20 @@ def check_classes(classes: Any, num_classes: int) -> List[int]:
     if bad:
         raise InvalidArgumentTypeError(f"classes must hold ints, got {bad[0]!r} ({type(bad[0]).__name__})")
     classes = [int(c) for c in classes]
+    out_of_range = [c for c in classes if not -num_classes <= c < num_classes]
+    if out_of_range:
+        raise InvalidArgumentError(
+            f"classes {out_of_range} out of range: the model has {num_classes} classes "
+            f"(0..{num_classes - 1}, or -{num_classes}..-1 counted from the end as in a target)"
+        )
+    # negative indices count from the end, as Captum's targets do (the one parser resolves them)
+    classes = parse_target(classes, len(classes), "classes").checked((len(classes), num_classes)).classes()
     if len(set(classes)) != len(classes):
         dupes = sorted({c for c in classes if classes.count(c) > 1})
         raise InvalidArgumentError(f"classes must not repeat a class, got {dupes} more than once")
     if len(classes) < MIN_CLASSES:
         raise InvalidArgumentError(
             f"classes must hold at least {MIN_CLASSES} classes for an anomaly index over classes, got {classes}"
-        )
-    out_of_range = [c for c in classes if not 0 <= c < num_classes]
-    if out_of_range:
-        raise InvalidArgumentError(
-            f"classes {out_of_range} out of range: the model has {num_classes} classes (0..{num_classes - 1})"
         )
     return classes
 

@@ -23,7 +23,7 @@ from captum_global._checks import (
     check_number,
     check_value_range,
 )
-from captum_global._model_state import preserved_model_state
+from captum_global._model_state import autograd_on, preserved_model_state
 from captum_global._seeding import check_seed, make_generator
 from captum_global.backdoor._common import (
     check_classes,
@@ -111,7 +111,8 @@ class NeuralCleanse:
 
         Args:
             clean_inputs (Tensor): ``[N, C, H, W]`` clean images.
-            target (int): the label (a NumPy integer or a one-element integer tensor is accepted).
+            target (int): the label (a NumPy integer or a one-element integer tensor is accepted;
+                a negative label counts from the end, as in Captum).
             seed (int, optional): seed of the initialisation and batch order.
             show_progress (bool): a progress bar over the epochs.
             **options: ``n_epochs`` (50), ``batch_size`` (32), ``lr`` (0.1),
@@ -143,7 +144,8 @@ class NeuralCleanse:
         num_classes = count_classes(self.forward_func, clean_inputs)
         target = check_label(target, num_classes)
         generator = make_generator(check_seed(seed))
-        with preserved_model_state(self.forward_func, freeze_parameters=True):
+        # the masks and patterns are learnt also under the caller's torch.inference_mode()
+        with preserved_model_state(self.forward_func, freeze_parameters=True), autograd_on():
             result = _reverse(self.forward_func, clean_inputs, target, generator, settings,
                               check_bool(show_progress, "show_progress"))
         return result[0], result[1], result[2], result[3]
@@ -164,7 +166,8 @@ class NeuralCleanse:
             clean_inputs (Tensor): ``[N, C, H, W]`` clean images (Neural
                         Cleanse needs them; a few per class suffice).
             classes (sequence of int, optional): labels to scan (distinct, at
-                        least 3); default every class of the model.
+                        least 3; negative indices count from the end); default
+                        every class of the model.
             trigger_mask (Tensor, optional): bool ``[H, W]`` region of a
                         known planted trigger, only to report localisation.
             threshold (float): anomaly-index cut-off (> 0). Default: 2.0
@@ -190,7 +193,8 @@ class NeuralCleanse:
             from tqdm.auto import tqdm
 
             labels = tqdm(classes, desc=self.get_name())
-        with preserved_model_state(self.forward_func, freeze_parameters=True):
+        # the masks and patterns are learnt also under the caller's torch.inference_mode()
+        with preserved_model_state(self.forward_func, freeze_parameters=True), autograd_on():
             for k, label in enumerate(labels):
                 mask, pattern, l1, rate, spent = _reverse(
                     self.forward_func, clean_inputs, label, make_generator(seed + k), settings, False)

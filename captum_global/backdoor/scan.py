@@ -21,7 +21,7 @@ from captum_global._checks import (
     check_number,
     check_value_range,
 )
-from captum_global._model_state import preserved_model_state
+from captum_global._model_state import autograd_on, preserved_model_state
 from captum_global._seeding import check_seed, make_generator
 from captum_global.attr import InputAgnosticSaliency
 from captum_global.attr._agnostic import smooth
@@ -68,6 +68,8 @@ DEFAULTS: Dict[str, Any] = dict(
 )
 
 
+# the stamps are learnt (and the noise inputs drawn) outside the caller's torch.inference_mode(), if any
+@autograd_on()
 def scan_for_backdoor(
     model: nn.Module,
     example_input: Tensor,
@@ -102,7 +104,8 @@ def scan_for_backdoor(
         example_input (Tensor): ``[1, C, H, W]`` (or a batch): gives the
                     input shape, dtype and device; its values are not used.
         classes (sequence of int, optional): classes to scan (distinct,
-                    at least 3). Default: every class of the model.
+                    at least 3; negative indices count from the end, as
+                    in Captum's targets). Default: every class of the model.
         clean_inputs (Tensor, optional): ``[N, C, H, W]`` clean images, a
                     few per class (a defender's small clean set). A
                     ``held_out`` share of them judges the attack success

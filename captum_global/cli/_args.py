@@ -4,7 +4,8 @@ Every type raises ``argparse.ArgumentTypeError`` with a message that says
 what is expected, so a user mistake ends in argparse's usage message and
 exit status 2. A mistake found after parsing (a file that does not fit the
 architecture, a folder that exists) raises :class:`UsageError` or the
-library's ``InvalidArgumentError``, which ``main`` turns into the same.
+library's ``InvalidArgumentError``, which ``main`` turns into the same, its
+argument names replaced by the options the user typed (:func:`cli_message`).
 """
 import argparse
 import json
@@ -15,7 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
     "UsageError", "int_in", "positive_float", "name_list", "int_list", "float_list", "shape", "existing_file",
-    "existing_path", "json_object", "arch_name", "add_model_options", "model_from_args", "prepare_output",
+    "existing_path", "output_folder", "image_folder", "image_tensor_file", "json_object", "arch_name",
+    "add_model_options", "model_from_args", "prepare_output", "cli_message", "LIBRARY_ARGUMENTS",
     "REFERENCE_INPUT", "REFERENCE_ARCHS",
 ]
 
@@ -124,6 +126,19 @@ def existing_path(text: str) -> Path:
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"no such file or folder: {text!r}")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """An argparse type: a folder to write to (it may not exist yet): not empty, not a file, not under a file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder path, got an empty value")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be made: {str(parent)!r} is a file, not a folder")
     return path
 
 
@@ -259,13 +274,28 @@ def model_from_args(args: argparse.Namespace):
     return model, description, tuple(args.input_shape), None
 
 
+def image_folder(path: Path, option: str, input_shape: Sequence[int], labels: Optional[Path] = None):
+    """The images of a folder as the model takes them (resized, 1 or 3 channels), with ``labels`` if given."""
+    from captum_global.loading import ImageFiles
+
+    channels, height, width = input_shape
+    if channels not in (1, 3):  # not the loader's "channels must be 1 or 3": the user gave --input-shape
+        raise UsageError(f"{option} {str(path)!r} is a folder of images, which have 1 or 3 channels, but "
+                         f"--input-shape {channels},{height},{width} takes {channels}: give a tensor file "
+                         f"[N, {channels}, {height}, {width}] instead")
+    return ImageFiles(path, size=(height, width), channels=channels, labels=labels)
+
+
 def image_tensor_file(path: Path, option: str, input_shape: Sequence[int], limit: Optional[int] = None):
     """The ``[N, C, H, W]`` images of a tensor file (its first ``limit``), checked as the
     commands take them: at least one, the model's input shape, finite, in ``[0, 1]``."""
     import torch
 
-    from captum_global.loading import load_tensor
+    from captum_global.loading import IMAGE_EXTENSIONS, load_tensor
 
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise UsageError(f"{option} {str(path)!r} is one image file; give the folder that holds the images, or a "
+                         "tensor file [N, C, H, W]")
     images = load_tensor(path, option, dims=(4,))[:limit].float()
     if images.shape[0] == 0:
         raise UsageError(f"{option} {str(path)!r} holds no images (shape {tuple(images.shape)})")
@@ -280,6 +310,58 @@ def image_tensor_file(path: Path, option: str, input_shape: Sequence[int], limit
                          f"[{images.min().item():.4g}, {images.max().item():.4g}]; give --mean/--std or "
                          "--value-range for a model that expects normalised inputs")
     return images
+
+
+# A library error that reaches the command line names the library's argument (``std[0] must be > 0``,
+# ``path: ...``, ``arch='x' given but ...``); each command maps those names to the option the user typed,
+# here and only here, so no call site translates its own messages.
+_MODEL_ARGUMENTS = {"path": "--model", "arch": "--arch", "num_classes": "--num-classes",
+                    "input_shape": "--input-shape", "mean": "--mean", "std": "--std", "value_range": "--value-range"}
+LIBRARY_ARGUMENTS: Dict[str, Dict[str, str]] = {
+    "scan": {**_MODEL_ARGUMENTS, "images": "--clean", "clean_inputs": "--clean", "classes": "--classes",
+             "n_steps": "--steps", "n_epochs": "--steps", "threshold": "--threshold", "seed": "--seed"},
+    # "target: label 7 of example 1 ..." is a label of the --labels file (target="labels"), not --target
+    "explain": {"target: label": "--labels: label", **_MODEL_ARGUMENTS, "method": "--method",
+                "images": "--images", "data": "--images", "labels": "--labels", "target": "--target", "out": "--out",
+                "layer": "--layer", "attribute_kwargs": "--method-args", "batch_size": "--batch-size",
+                "seed": "--seed", "num_workers": "--workers"},
+    "layers": {"arch": "model", "channels": "--channels"},
+    "demo": {"archs": "--archs", "n_images": "--images", "methods": "--methods", "out": "--out"},
+}
+_QUOTED = re.compile(r"""((?<!\w)'(?:[^'\\]|\\.)*'|(?<!\w)"(?:[^"\\]|\\.)*")""")  # not "file's"
+_LEADING = re.compile(r"^(?P<name>[A-Za-z_]\w*)(?P<index>\[[^\]]*\])?(?P<sep>[=: ]|$)")
+
+
+def cli_message(message: str, command: str, args: Optional[argparse.Namespace] = None) -> str:
+    """``message`` of a library error with the argument names of ``command``'s options (see ``LIBRARY_ARGUMENTS``).
+
+    The argument the message starts with (``std[0] must``, ``path: ``, ``arch='x' given``) and every
+    ``name=value`` outside quoted values become the option (``--std value 1 must``, ``--model: ``,
+    ``--arch 'x' given``). A name whose option the message already states (``(--method-args on the
+    command line)``) is left alone; a reference architecture the user named (``vgg``) is shown so, not as
+    the entry point it stands for.
+    """
+    options = {name: option for name, option in LIBRARY_ARGUMENTS.get(command, {}).items()
+               if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", message)}
+    typed = {v for v in vars(args).values() if isinstance(v, str)} if args is not None else set()
+    for name in typed & set(REFERENCE_ARCHS):
+        message = message.replace(repr(REFERENCE_ARCHS[name]), repr(name))
+    phrase = next((key for key in options if not key.isidentifier() and message.startswith(key)), None)
+    match = None if phrase else _LEADING.match(message)
+    if phrase:
+        message = options[phrase] + message[len(phrase):]
+    elif match and match["name"] in options:
+        option, index, sep = options[match["name"]], match["index"], match["sep"]
+        if index:
+            key = index[1:-1]
+            option += f" value {int(key) + 1}" if key.isdigit() else f" entry {key}"
+        message = option + (" " if sep == "=" else sep) + message[match.end():]
+    names = [name for name in options if name.isidentifier()]
+    if not names:
+        return message
+    mid = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, names)) + r")=")
+    return "".join(part if _QUOTED.fullmatch(part) else mid.sub(lambda m: options[m[1]] + " ", part)
+                   for part in _QUOTED.split(message))
 
 
 def prepare_output(out: Path, force: bool, owned: Sequence[str]) -> None:

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from captum_global.cli._args import int_in, name_list, prepare_output
+from captum_global.cli._args import int_in, name_list, output_folder, prepare_output
 
 
 def _demo_files():
@@ -23,7 +23,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Explain test images of the reference world with every method of the line-up (and real "
                     "photos with EfficientNet-Lite0 if the 'real' extra is installed); write gallery PNGs, "
                     "backdoor and class-wise figures, metrics.json and metrics.md.")
-    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
+    demo.add_argument("--out", type=output_folder, default=Path("demo-out"), help="output folder (default: demo-out)")
     demo.add_argument("--archs", type=name_list(ARCHS), default=list(ARCHS),
                       help=f"reference architectures, comma separated (from {', '.join(ARCHS)}; default: all)")
     demo.add_argument("--images", type=int_in(1, len(CLASS_NAMES), "the demo shows one test image per class"),

@@ -1,17 +1,18 @@
 """``captum-global explain``: explain a dataset to shard files, resumably, under torchrun too (private)."""
 import argparse
 import os
-from pathlib import Path
 
 from captum_global.cli._args import (
     UsageError,
     add_model_options,
     existing_file,
     existing_path,
+    image_folder,
     image_tensor_file,
     int_in,
     json_object,
     model_from_args,
+    output_folder,
 )
 
 
@@ -29,7 +30,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     "run; under torchrun the shards are shared among the processes.")
     explain.add_argument("--method", required=True,
                          help="SISE, InputAgnosticSaliency or a captum.attr class such as IntegratedGradients, "
-                              "Saliency, Occlusion, LayerGradCam (case, '-' and '_' do not matter)")
+                              "Saliency, Occlusion, LayerGradCam (case, '-' and '_' do not matter); not the "
+                              "Neuron* classes nor wrappers such as NoiseTunnel (an unknown name lists the others)")
     add_model_options(explain, default_variant="clean")
     explain.add_argument("--images", type=existing_path, required=True, metavar="DIR|FILE",
                          help="a folder of images (resized to the input shape) or a tensor file [N, C, H, W] "
@@ -38,7 +40,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                          help="labels of a folder's images: CSV rows 'file,label' or JSON {\"file\": label}")
     explain.add_argument("--target", type=_target, default=None,
                          help="top1 (the model's class, default), labels (default with --labels) or a class index")
-    explain.add_argument("--out", type=Path, required=True, help="output folder")
+    explain.add_argument("--out", type=output_folder, required=True, help="output folder")
     explain.add_argument("--batch-size", type=int_in(1, 4096), default=16,
                          help="images per shard and per call of the method (default 16)")
     explain.add_argument("--layer", help="layer of a layer method (dotted name; default the last block output)")
@@ -56,11 +58,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _data(args: argparse.Namespace, input_shape):
-    from captum_global.loading import ImageFiles
-
-    channels, height, width = input_shape
     if args.images.is_dir():
-        return ImageFiles(args.images, size=(height, width), channels=channels, labels=args.labels)
+        return image_folder(args.images, "--images", input_shape, labels=args.labels)
     if args.labels is not None:
         raise UsageError("--labels names the files of an image folder; --images is a tensor file")
     return image_tensor_file(args.images, "--images", input_shape)

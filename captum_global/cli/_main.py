@@ -5,7 +5,7 @@ import sys
 from typing import List, Optional
 
 from captum_global.cli import _demo, _explain, _layers, _scan
-from captum_global.cli._args import UsageError
+from captum_global.cli._args import UsageError, cli_message
 
 _COMMANDS = {"demo": _demo, "scan": _scan, "layers": _layers, "explain": _explain}
 _DESCRIPTION = ("Global and multi-layer visual explanations for Captum: run the demo, scan a model for a "
@@ -41,21 +41,26 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     User mistakes, found by argparse or later (a file that does not fit, a
     folder that exists, a value the library refuses), end with the usage
-    message and the error on stderr and ``SystemExit(2)``, never a traceback.
+    message and the error on stderr and ``SystemExit(2)``, never a traceback;
+    a library error names the option the user typed (:func:`cli_message`).
+    Ctrl-C, also while the parser loads or checks arguments, returns 130.
     """
     from captum_global.errors import InvalidArgumentError, NonFiniteOutputError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = None
     try:
-        return _COMMANDS[args.command].run(args)
-    except (UsageError, InvalidArgumentError) as error:
-        _subparser(parser, args.command).error(str(error))
-    except NonFiniteOutputError as error:
-        print(f"captum-global {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        try:
+            return _COMMANDS[command].run(args)
+        except (UsageError, InvalidArgumentError) as error:
+            _subparser(parser, command).error(cli_message(str(error), command, args))
+        except NonFiniteOutputError as error:
+            print(f"captum-global {command}: error: {error}", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
-        hint = "; run the same command again to resume" if args.command == "explain" else ""
-        print(f"captum-global {args.command}: interrupted{hint}", file=sys.stderr)
+        hint = "; run the same command again to resume" if command == "explain" else ""
+        print(f"captum-global{' ' + command if command else ''}: interrupted{hint}", file=sys.stderr)
         return 130
     return 0

@@ -18,10 +18,12 @@ from captum_global.cli._args import (
     UsageError,
     add_model_options,
     existing_path,
+    image_folder,
     image_tensor_file,
     int_in,
     int_list,
     model_from_args,
+    output_folder,
     positive_float,
     prepare_output,
 )
@@ -63,7 +65,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     scan.add_argument("--threshold", type=positive_float, default=2.0,
                       help="anomaly index above which a class is flagged (default 2, as Neural Cleanse)")
     scan.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the optimisation")
-    scan.add_argument("--out", type=Path, default=Path("scan-out"), help="report folder (default scan-out)")
+    scan.add_argument("--out", type=output_folder, default=Path("scan-out"), help="report folder (default scan-out)")
     scan.add_argument("--force", action="store_true", help="overwrite the report in an existing --out folder")
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
     return scan
@@ -76,11 +78,8 @@ def _clean_samples(args: argparse.Namespace, input_shape, reference: bool) -> Op
         from captum_global.world import make_dataset
 
         return make_dataset(args.max_clean, seed=_CLEAN_SEED).images
-    from captum_global.loading import ImageFiles
-
-    channels, height, width = input_shape
     if args.clean.is_dir():
-        files = ImageFiles(args.clean, size=(height, width), channels=channels)
+        files = image_folder(args.clean, "--clean", input_shape)
         images = torch.stack([files[i] for i in range(min(len(files), args.max_clean))])
     else:
         images = image_tensor_file(args.clean, "--clean", input_shape, args.max_clean)

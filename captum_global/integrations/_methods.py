@@ -279,7 +279,7 @@ def num_classes_of(model: nn.Module, inputs: Tensor) -> int:
     """The model's number of classes, from one no-grad eval-mode pass on ``inputs[:1]`` (state restored)."""
     with preserved_model_state(model), torch.no_grad():
         try:
-            output = model(inputs[:1])
+            output = model(inputs[:1].clone())  # a copy: a model working in place must not change the caller's input
         except Exception as error:  # e.g. channel-last arrays: the message names the input, not a layer
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise InvalidArgumentError(f"inputs: the model does not run on a batch of shape {tuple(inputs.shape)} "

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from captum_global._checks import check_bool, check_finite, check_module, check_tensor
+from captum_global._checks import (check_bool, check_finite, check_finite_output, check_model_output, check_module,
+                                  check_tensor)
 from captum_global._maps import minmax_normalise
 from captum_global._model_state import HookBag
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
@@ -177,7 +178,8 @@ class AttributionCAM:
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
     ) -> np.ndarray:
-        """Maps ``[N, H, W]`` float32 in [0, 1]; ``targets=None`` explains each image's top class."""
+        """Maps ``[N, H, W]`` float32 in [0, 1] at the input's size (a layer method's maps upsampled
+        bilinearly); ``targets=None`` explains each image's top class."""
         return self.forward(input_tensor, targets, eigen_smooth=eigen_smooth, aug_smooth=aug_smooth)
 
     def forward(
@@ -204,7 +206,11 @@ class AttributionCAM:
             )
         if targets is None:
             with torch.no_grad():
-                targets_int: List[Optional[int]] = [int(c) for c in self.model(input_tensor).argmax(dim=-1)]
+                # a copy: a model working in place must not change the caller's input
+                scores = check_model_output(self.model(input_tensor.clone()), "model")
+            # argmax would still name a class for NaN scores: an error, never an explained class
+            check_finite_output(scores, "AttributionCAM", "the top-class pass of targets=None")
+            targets_int: List[Optional[int]] = [int(c) for c in scores.argmax(dim=-1)]
             callables: List[Any] = [None] * n
         else:
             if len(targets) != n:
@@ -221,7 +227,12 @@ class AttributionCAM:
             attributions = self._bound(input_tensor, targets_int, **self.attribute_kwargs)
         else:
             attributions = torch.cat([self._one(input_tensor[i:i + 1], targets_int[i], callables[i]) for i in range(n)])
-        return attributions_to_cams(attributions, relu=self.relu, normalise=self.normalise)
+        # at the input's size, as grad-cam's CAMs (show_cam_on_image and its metrics multiply them with the
+        # image): a layer method's [N, 1, h, w] maps are upsampled bilinearly, as in quantus's explain
+        if isinstance(attributions, Tensor) and attributions.dim() == 3:  # [N, H, W], as attributions_to_cams takes
+            attributions = attributions.unsqueeze(1)
+        maps = reduce_channels(attributions, input_tensor.shape[-2:], "mean")
+        return attributions_to_cams(maps, relu=self.relu, normalise=self.normalise)
 
     def _one(self, image: Tensor, class_index: Optional[int], target: Callable) -> Tensor:
         if class_index is not None:

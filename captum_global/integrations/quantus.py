@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from captum_global._checks import check_module, check_tensor
+from captum_global._model_state import preserved_model_state
+from captum_global._seeding import check_seed, cuda_devices, seeded_global_rng
 from captum_global.errors import InvalidArgumentError
 from captum_global.integrations._methods import (
     MethodLike,
@@ -106,7 +108,11 @@ def explain(
                     ``sliding_window_shapes``). A method whose
                     ``attribute`` takes a ``seed`` gets ``seed=0`` unless
                     given, so that the explanation is a function of model,
-                    input and target, as quantus's metrics assume.
+                    input and target, as quantus's metrics assume. For
+                    the same reason the method runs in eval mode (the
+                    model's flags are restored) with the global RNG seeded
+                    from that seed (0 for methods without one, such as
+                    NoiseTunnel) and the caller's RNG restored afterwards.
 
     Returns:
         *np.ndarray* of float32 maps ``[N, 1, H, W]`` (``[N, C, H, W]`` with
@@ -153,6 +159,10 @@ def explain(
     target = torch.tensor(as_target_list(targets, x.shape[0], num_classes_of(model, x)), device=x.device)
     if bound.takes_seed:
         attribute_kwargs.setdefault("seed", 0)
-    attributions = bound(x, target, **attribute_kwargs)
+    # as the line-up and explain_dataset: eval mode (no BatchNorm update, no dropout), the model's flags back,
+    # and methods that draw from the global RNG (NoiseTunnel) seeded and the caller's RNG restored
+    seed = check_seed(attribute_kwargs.get("seed", 0)) if bound.takes_seed else 0
+    with preserved_model_state(model), seeded_global_rng(seed, cuda_devices(model, x)):
+        attributions = bound(x, target, **attribute_kwargs)
     maps = reduce_channels(attributions, x.shape[-2:], channel_reduce)
     return maps.cpu().numpy().astype(np.float32)

@@ -30,6 +30,11 @@ def _check_file(path: PathLike, argument: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise InvalidArgumentError(f"{argument}: no such file: {str(path)!r}")
+    try:  # a file without read permission, or one the system cannot read, is refused here by name
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as error:
+        raise InvalidArgumentError(f"{argument}: cannot read {str(path)!r}: {error.strerror or error}") from None
     return path
 
 

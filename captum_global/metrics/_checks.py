@@ -6,13 +6,12 @@ every localisation metric turns masks or boxes into bool regions. The checks
 live here once, on top of the package-wide :mod:`captum_global._checks`, so
 that every metric refuses the same things with the same errors.
 """
-import functools
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from captum_global._checks import check_choice, check_finite, check_int, check_tensor
 from captum_global._maps import minmax_normalise, resize_maps, to_heatmap
@@ -217,24 +216,6 @@ def maps_and_masks(
     return maps, regions.to(maps.device)
 
 
-def _module_of(forward_func: Any, depth: int = 0) -> Optional[nn.Module]:
-    """The ``nn.Module`` behind a forward function: the module itself, a bound
-    method of one, a ``functools.partial`` of one, or a wrapper that keeps it
-    as ``forward_func`` (:class:`~captum_global.metrics.ForwardCounter`, Captum's
-    attribution objects)."""
-    if depth > 8:
-        return None
-    if isinstance(forward_func, nn.Module):
-        return forward_func
-    owner = getattr(forward_func, "__self__", None)
-    if isinstance(owner, nn.Module):
-        return owner
-    if isinstance(forward_func, functools.partial):
-        return _module_of(forward_func.func, depth + 1)
-    inner = getattr(forward_func, "forward_func", None)
-    return None if inner is None else _module_of(inner, depth + 1)
-
-
 @contextmanager
 def evaluation_mode(forward_func: Callable) -> Iterator[None]:
     """Run the body with the model behind ``forward_func`` in eval mode; restore its flags after.
@@ -245,5 +226,5 @@ def evaluation_mode(forward_func: Callable) -> Iterator[None]:
     """
     if not callable(forward_func):
         raise InvalidArgumentTypeError(f"forward_func must be callable (the model), got {type(forward_func).__name__}")
-    with preserved_model_state(_module_of(forward_func) or forward_func):
+    with preserved_model_state(forward_func):
         yield

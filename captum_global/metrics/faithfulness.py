@@ -41,7 +41,7 @@ from torch import Tensor
 
 from captum_global._checks import check_bool, check_choice, check_int, check_number, check_tensor
 from captum_global._maps import minmax_normalise
-from captum_global._scoring import score_all
+from captum_global._scoring import class_softmax, score_all
 from captum_global._targets import parse_target
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.metrics._checks import TensorOrTuple, evaluation_mode, heatmaps, single_tensor, without_noise
@@ -100,14 +100,8 @@ def _transform(score: str):
     if score == "raw":
         return None
 
-    def softmax(output: Tensor) -> Tensor:
-        if output.dim() < 2:
-            raise InvalidArgumentError(
-                f"score='softmax' needs [N, classes] model outputs, got {tuple(output.shape)}; use score='raw'"
-            )
-        return output.softmax(dim=1)
-
-    return softmax
+    # the one softmax rule of SISE and RISE: over dimension 1, refused for [N] outputs or one class
+    return lambda output: class_softmax(output, "score='softmax'", "score='raw'")
 
 
 def _scores(forward_func, total, build, n, target, additional_forward_args, score, batch_size, what) -> Tensor:

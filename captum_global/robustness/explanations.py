@@ -28,9 +28,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from captum_global._checks import check_int, check_tensor
+from captum_global._checks import check_int, check_model_weights, check_tensor
 from captum_global._maps import minmax_normalise, resize_maps
-from captum_global._model_state import HookBag, find_module
+from captum_global._model_state import HookBag, autograd_on, find_module, preserved_model_state
 from captum_global._targets import parse_target
 from captum_global.attr import select_sise_layers
 from captum_global.attr._fusion import fuse_layer_maps
@@ -72,11 +72,14 @@ class DifferentiableExplanation:
 
         Returns:
             Tensor: ``[N, H, W]`` non-negative maps that keep their graph to
-            the weights.
+            the weights. The model runs in eval mode (BatchNorm statistics
+            stay, dropout is off) and gets its flags back.
         """
+        check_model_weights(model, "model", autograd=True)  # not PyTorch's error deep in the backward pass
         inputs = check_tensor(inputs, "inputs", dims=(4,), floating=True)
         targets = parse_target(target, inputs.shape[0])
-        with torch.enable_grad():
+        # a graph also under the caller's inference_mode
+        with preserved_model_state(model), autograd_on():
             return self.maps(model, inputs, targets, generator)
 
     def maps(self, model: nn.Module, inputs: Tensor, targets, generator: Optional[torch.Generator]) -> Tensor:

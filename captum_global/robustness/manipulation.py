@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_global._checks import (check_bool, check_choice, check_finite_output, check_int, check_module,
-                                  check_number, check_tensor)
-from captum_global._model_state import preserved_model_state
+from captum_global._checks import (check_bool, check_choice, check_finite_output, check_int, check_model_weights,
+                                  check_module, check_number, check_tensor)
+from captum_global._model_state import autograd_on, preserved_model_state
 from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.robustness.explanations import check_differentiable, differentiable_explanation
@@ -228,6 +228,7 @@ def manipulate_model(
         (3, 3, False)
     """
     check_module(model, "model", "its copy is fine-tuned")
+    check_model_weights(model, "model", autograd=True)  # its copy is trained: no weights made under inference_mode
     explainer = differentiable_explanation(explanation)
     check_choice(fooling, "fooling", FOOLINGS)
     steps = check_int(steps, "steps", minimum=1)
@@ -245,7 +246,8 @@ def manipulate_model(
     penalised = data if fooling_data is None else fooling_data
 
     devices = cuda_devices(model)
-    with preserved_model_state(model), seeded_global_rng(seed, devices):
+    # a graph also under the caller's torch.no_grad() or torch.inference_mode(): the copy is trained
+    with preserved_model_state(model), seeded_global_rng(seed, devices), autograd_on():
         first_x, _ = _first_batch(data, "data")
         region = _check_region(region, first_x, fooling)
         explainer = explainer.bind(model, first_x)
@@ -348,7 +350,11 @@ def _accuracy(model: nn.Module, data: Iterable) -> float:
     correct, count = 0, 0
     with preserved_model_state(model), torch.no_grad():
         for x, y in data:
-            correct += int((model(x).argmax(dim=1) == y.to(x.device)).sum())
+            # a NaN image is the caller's mistake (refused by name); NaN logits from finite images are the
+            # model's: argmax would still name a class for them, so both are errors, never an accuracy
+            x = check_tensor(x, "eval_data inputs", dims=(4,), floating=True)
+            logits = check_finite_output(model(x), "manipulate_model", "the accuracy check")
+            correct += int((logits.argmax(dim=1) == y.to(x.device)).sum())
             count += int(y.numel())
     if count == 0:
         raise InvalidArgumentError("eval_data yielded no examples")

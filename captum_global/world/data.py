@@ -86,7 +86,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     ) -> None:
         n = images.shape[0]
         if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"images must have shape [N, 3, H, W], got {tuple(images.shape)}"
             )
         h, w = images.shape[-2:]
@@ -109,7 +109,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         for name in ("labels", "boxes", "object_masks", "true_labels",
                      "poisoned", "trigger_masks"):
             if getattr(self, name).shape[0] != n:
-                raise ValueError(f"{name} must have {n} rows")
+                raise InvalidArgumentError(f"{name} must have {n} rows")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -183,7 +183,7 @@ def _shape_mask(kind: str, dx: Tensor, dy: Tensor, size: Tensor) -> Tensor:
     if kind == "ring":
         r2 = dx ** 2 + dy ** 2
         return (r2 <= half ** 2) & (r2 >= (0.55 * half) ** 2)
-    raise ValueError(f"unknown shape {kind!r}")
+    raise InvalidArgumentError(f"unknown shape {kind!r}")
 
 
 def _stroke_mask(dx: Tensor, dy: Tensor, angle: Tensor, length: Tensor,

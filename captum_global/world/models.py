@@ -13,6 +13,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from captum_global.errors import InvalidArgumentError
+
 ARCHS = ("vgg", "resnet")
 TORCHVISION_NAMES = (
     "resnet18", "resnet50", "vgg11", "vgg16", "densenet121",
@@ -135,7 +137,7 @@ def build_model(arch: str, num_classes: int = 5) -> nn.Module:
         return SmallVGG(num_classes)
     if arch == "resnet":
         return SmallResNet(num_classes)
-    raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    raise InvalidArgumentError(f"arch must be one of {ARCHS}, got {arch!r}")
 
 
 def torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
@@ -147,6 +149,6 @@ def torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
     import torchvision.models as tvm
 
     if name not in TORCHVISION_NAMES:
-        raise ValueError(f"name must be one of {TORCHVISION_NAMES}, got {name!r}")
+        raise InvalidArgumentError(f"name must be one of {TORCHVISION_NAMES}, got {name!r}")
     model = getattr(tvm, name)(weights=None, num_classes=num_classes)
     return model.eval()

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_global.errors import InvalidArgumentError
+
 # The six photos the package has always used (colour, scikit-image).
 PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field",
                "immunohistochemistry")
@@ -58,7 +60,7 @@ def _load(name: str) -> Tensor:
         import skimage.data
 
         if name not in ALL_PHOTOS:
-            raise ValueError(f"names must be among {ALL_PHOTOS}, got {name!r}")
+            raise InvalidArgumentError(f"names must be among {ALL_PHOTOS}, got {name!r}")
         arr = getattr(skimage.data, name)()
     t = torch.tensor(arr).float()  # a copy: scikit-image's arrays are read-only
     if t.dim() == 2:
@@ -116,7 +118,7 @@ def photo_set(size: int = 224, names: Sequence[str] = ALL_PHOTOS,
     """
     bad = [v for v in views if v not in VIEWS]
     if bad or not views:
-        raise ValueError(f"views must be a non-empty list among {VIEWS}, got {list(views)!r}")
+        raise InvalidArgumentError(f"views must be a non-empty list among {VIEWS}, got {list(views)!r}")
     imgs, labels = [], []
     for name in names:
         photo = _load(name)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_global._checks import check_int
+from captum_global._checks import check_finite_output, check_int, check_model_output
 from captum_global._model_state import preserved_model_state
 from captum_global._seeding import seeded_global_rng
 from captum_global.world.data import ShapesDataset, WorldConfig, make_splits
@@ -97,7 +97,7 @@ def reference_trigger(variant: str, image_size: int = 64) -> Trigger:
         (57, 57, 6, 6)
     """
     if variant not in _TRIGGERS:
-        raise ValueError(f"variant must be one of {tuple(_TRIGGERS)}, got {variant!r}")
+        raise InvalidArgumentError(f"variant must be one of {tuple(_TRIGGERS)}, got {variant!r}")
     return make_trigger(_TRIGGERS[variant], image_size)
 
 
@@ -113,14 +113,14 @@ def training_settings(arch: str, variant: str = "clean", config: Optional[WorldC
     ``None`` values mean the default.
     """
     if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        raise InvalidArgumentError(f"arch must be one of {ARCHS}, got {arch!r}")
     if variant not in KINDS:
-        raise ValueError(f"variant must be one of {KINDS}, got {variant!r}")
+        raise InvalidArgumentError(f"variant must be one of {KINDS}, got {variant!r}")
     extra = {k: overrides.pop(k, None) for k in ("trigger", "label_noise", "adversarial")}
     s = dict(_DEFAULTS)
     unknown = set(overrides) - set(s)
     if unknown:
-        raise ValueError(f"unknown training settings {sorted(unknown)}")
+        raise InvalidArgumentError(f"unknown training settings {sorted(unknown)}")
     s.update({k: v for k, v in overrides.items() if v is not None})
     if s["epochs"] is None:
         s["epochs"] = _EPOCHS[arch]
@@ -128,9 +128,9 @@ def training_settings(arch: str, variant: str = "clean", config: Optional[WorldC
     if variant in TRIGGER_KINDS:
         trigger = dict(trigger or _TRIGGERS[variant])
         if trigger.get("kind") != variant:
-            raise ValueError(f"trigger kind {trigger.get('kind')!r} does not match variant {variant!r}")
+            raise InvalidArgumentError(f"trigger kind {trigger.get('kind')!r} does not match variant {variant!r}")
     elif extra["trigger"] is not None:
-        raise ValueError(f"variant {variant!r} takes no trigger")
+        raise InvalidArgumentError(f"variant {variant!r} takes no trigger")
     # Key order and content of the original six settings are kept exactly:
     # their hashes identify the shipped files.
     s.update(arch=arch, variant=variant, world_version=WORLD_VERSION,
@@ -191,8 +191,15 @@ def _deterministic_cpu() -> Iterator[None]:
 def predict(model: nn.Module, images: Tensor, batch_size: int = 500) -> Tensor:
     """Argmax predictions of ``model`` (run in eval mode, flags restored) on ``images``."""
     with preserved_model_state(model):
-        return torch.cat([model(images[i:i + batch_size]).argmax(1)
+        # argmax still names a class for NaN scores: an error, never a prediction (nor an accuracy)
+        return torch.cat([_scores(model, images[i:i + batch_size], "predict", f"images {i}-"
+                                  f"{min(i + batch_size, images.shape[0]) - 1}").argmax(1)
                           for i in range(0, images.shape[0], batch_size)])
+
+
+def _scores(model: nn.Module, images: Tensor, what: str, where: str) -> Tensor:
+    """``model(images)``, checked: one tensor of scores, finite (else :class:`NonFiniteOutputError`)."""
+    return check_finite_output(check_model_output(model(images), "model"), what, where)
 
 
 def pgd_attack(model: nn.Module, images: Tensor, labels: Tensor, epsilon: float,
@@ -215,9 +222,9 @@ def pgd_attack(model: nn.Module, images: Tensor, labels: Tensor, epsilon: float,
     delta = ((torch.rand(images.shape, generator=g) * 2 - 1) * epsilon).to(images.device, images.dtype)
     delta = (images + delta).clamp(0.0, 1.0) - images
     with preserved_model_state(model):
-        for _ in range(steps):
+        for step in range(steps):
             delta.requires_grad_(True)
-            loss = F.cross_entropy(model(images + delta), labels)
+            loss = F.cross_entropy(_scores(model, images + delta, "pgd_attack", f"step {step + 1}"), labels)
             (grad,) = torch.autograd.grad(loss, delta)
             delta = (delta.detach() + step_size * grad.sign()).clamp(-epsilon, epsilon)
             delta = (images + delta).clamp(0.0, 1.0) - images
@@ -262,7 +269,8 @@ def label_noise_effect(model: nn.Module, test: ShapesDataset, source: int,
     """On the test images of class ``source``: accuracy, share predicted ``dest``, mean ``dest`` probability."""
     x = test.images[test.true_labels == source]
     with preserved_model_state(model):
-        probs = torch.cat([model(x[i:i + 500]).softmax(1) for i in range(0, len(x), 500)])
+        probs = torch.cat([_scores(model, x[i:i + 500], "label_noise_effect", f"images {i}-{min(i + 500, len(x)) - 1} "
+                                   f"of class {source}").softmax(1) for i in range(0, len(x), 500)])
     pred = probs.argmax(1)
     return {"source_accuracy": float((pred == source).float().mean()),
             "source_predicted_as_dest": float((pred == dest).float().mean()),
@@ -347,7 +355,7 @@ def train_reference_model(
     record_epochs = (default_record_epochs(s["epochs"]) if record_epochs is None
                      else sorted(set(int(e) for e in record_epochs)))
     if record_epochs[-1] != s["epochs"] or record_epochs[0] < 0:
-        raise ValueError(f"record_epochs must lie in [0, {s['epochs']}] and end with {s['epochs']}")
+        raise InvalidArgumentError(f"record_epochs must lie in [0, {s['epochs']}] and end with {s['epochs']}")
     train, test, trigger = _training_data(s)
     adv = s.get("adversarial")
     trajectory: List[Dict[str, Tensor]] = []

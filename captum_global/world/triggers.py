@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from captum_global._checks import check_int, check_number
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 from captum_global.world.data import ShapesDataset
 
@@ -59,21 +60,21 @@ class Trigger:
 
     def __post_init__(self) -> None:
         if self.kind not in TRIGGER_KINDS:
-            raise ValueError(f"kind must be one of {TRIGGER_KINDS}, got {self.kind!r}")
+            raise InvalidArgumentError(f"kind must be one of {TRIGGER_KINDS}, got {self.kind!r}")
         y0, x0, h, w = self.region
         if min(h, w) <= 0 or min(y0, x0) < 0:
-            raise ValueError(f"region must be (y0 >= 0, x0 >= 0, h > 0, w > 0), got {self.region}")
+            raise InvalidArgumentError(f"region must be (y0 >= 0, x0 >= 0, h > 0, w > 0), got {self.region}")
         if not 0.0 < self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+            raise InvalidArgumentError(f"alpha must be in (0, 1], got {self.alpha}")
         if self.kind == "filter":
             if self.pattern is not None or self.matrix is None or tuple(self.matrix.shape) != (3, 3):
-                raise ValueError("a filter trigger takes pattern=None and a [3, 3] matrix")
+                raise InvalidArgumentError("a filter trigger takes pattern=None and a [3, 3] matrix")
         else:
             if self.matrix is not None:
-                raise ValueError(f"matrix is only for filter triggers, not {self.kind!r}")
+                raise InvalidArgumentError(f"matrix is only for filter triggers, not {self.kind!r}")
             if self.pattern is None or tuple(self.pattern.shape) != (3, h, w):
                 got = None if self.pattern is None else tuple(self.pattern.shape)
-                raise ValueError(f"pattern must have shape (3, {h}, {w}), got {got}")
+                raise InvalidArgumentError(f"pattern must have shape (3, {h}, {w}), got {got}")
 
     def apply(self, images: Tensor) -> Tensor:
         """Return a copy of ``images`` (``[3,H,W]`` or ``[N,3,H,W]``) with the trigger stamped.
@@ -136,7 +137,7 @@ def _place(location: str, size: int, image_size: int, margin: int) -> Tuple[int,
     table = {"top-left": (margin, margin), "top-right": (margin, far),
              "bottom-left": (far, margin), "bottom-right": (far, far), "center": (mid, mid)}
     if location not in table:
-        raise ValueError(f"location must be one of {LOCATIONS}, got {location!r}")
+        raise InvalidArgumentError(f"location must be one of {LOCATIONS}, got {location!r}")
     return table[location]
 
 
@@ -190,7 +191,7 @@ def sig_trigger(amplitude: float = 0.08, frequency: float = 6.0, image_size: int
         (True, [0.0, 1.0, 0.0, -1.0])
     """
     if orientation not in ("vertical", "horizontal"):
-        raise ValueError(f"orientation must be 'vertical' or 'horizontal', got {orientation!r}")
+        raise InvalidArgumentError(f"orientation must be 'vertical' or 'horizontal', got {orientation!r}")
     j = torch.arange(image_size, dtype=torch.float64)
     wave = torch.sin(2 * torch.pi * frequency * j / image_size).float()
     wave = wave.view(1, image_size) if orientation == "vertical" else wave.view(image_size, 1)
@@ -230,7 +231,7 @@ def make_trigger(params: Dict[str, Any], image_size: int = 64) -> Trigger:
     p = dict(params)
     kind = p.pop("kind", None)
     if kind not in _FACTORIES:
-        raise ValueError(f"trigger kind must be one of {TRIGGER_KINDS}, got {kind!r}")
+        raise InvalidArgumentError(f"trigger kind must be one of {TRIGGER_KINDS}, got {kind!r}")
     image_size = p.pop("image_size", image_size)  # a size in the settings is the trigger's own
     return _FACTORIES[kind](image_size=image_size, **p)
 
@@ -242,10 +243,9 @@ def poison_dataset(ds: ShapesDataset, trigger: Trigger, target_class: int = 0,
     Returns a new dataset; ``poisoned`` and ``trigger_masks`` record which
     samples were changed, ``true_labels`` keeps the original labels.
     """
-    if not 0 <= target_class < ds.num_classes:
-        raise ValueError(f"target_class must be in [0, {ds.num_classes}), got {target_class}")
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    target_class = check_int(target_class, "target_class", minimum=0, maximum=ds.num_classes - 1)
+    rate = check_number(rate, "rate", 0.0, 1.0)
+    seed = check_int(seed, "seed")
     candidates = torch.nonzero(ds.true_labels != target_class).flatten()
     k = int(round(rate * candidates.numel()))
     g = torch.Generator().manual_seed(seed)
@@ -288,13 +288,12 @@ def flip_labels(ds: ShapesDataset, source: int, dest: int, share: float,
         >>> int((noisy.labels != noisy.true_labels).sum())
         4
     """
-    for name, c in (("source", source), ("dest", dest)):
-        if not 0 <= c < ds.num_classes:
-            raise ValueError(f"{name} must be in [0, {ds.num_classes}), got {c}")
+    source = check_int(source, "source", minimum=0, maximum=ds.num_classes - 1)
+    dest = check_int(dest, "dest", minimum=0, maximum=ds.num_classes - 1)
     if source == dest:
-        raise ValueError("source and dest must differ")
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"share must be in [0, 1], got {share}")
+        raise InvalidArgumentError(f"source and dest must differ, got {source} for both")
+    share = check_number(share, "share", 0.0, 1.0)
+    seed = check_int(seed, "seed")
     candidates = torch.nonzero(ds.true_labels == source).flatten()
     k = int(round(share * candidates.numel()))
     g = torch.Generator().manual_seed(seed)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch  # noqa: F401  (used by the doctests)
 from torch import Tensor, nn
 
+from captum_global.errors import InvalidArgumentError
 from captum_global.world import store
 from captum_global.world.data import CLASS_NAMES, ShapesDataset, WorldConfig
 from captum_global.world.models import ARCHS, build_model
@@ -228,15 +229,15 @@ def zoo_entry(name: str) -> ZooEntry:
         if entry.name == name:
             return entry
     names = [e.name for e in reference_zoo()]
-    raise ValueError(f"name must be one of {names}, got {name!r}")
+    raise InvalidArgumentError(f"name must be one of {names}, got {name!r}")
 
 
 def _entry(arch: str, variant: str) -> ZooEntry:
     if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        raise InvalidArgumentError(f"arch must be one of {ARCHS}, got {arch!r}")
     names = [e.name[len(arch) + 1:] for e in reference_zoo() if e.arch == arch]
     if variant not in names:
-        raise ValueError(f"variant must be one of {names}, got {variant!r}")
+        raise InvalidArgumentError(f"variant must be one of {names}, got {variant!r}")
     return zoo_entry(f"{arch}_{variant}")
 
 
