@@ -58,7 +58,8 @@ def trigger_energy_share(
 def trigger_iou(attributions: TensorOrTuple, trigger_mask: Tensor) -> Tensor:
     r"""IoU of each map's ``k`` strongest pixels with the trigger region, ``k`` its area.
 
-    The map is made non-negative by its magnitude (channels summed). Of
+    The map is the sum over channels of the magnitudes, ``sum_c |a_c|``
+    (not the magnitude of the sum, as ``sign="absolute"`` elsewhere). Of
     equal values at the ``k``-th place, the first in raster order are
     taken; a map without signal (constant, or varying only by float
     round-off) counts as constant. With ``p`` the share of the top ``k`` pixels inside the region,
@@ -147,7 +148,10 @@ def mad_anomaly_index(values: Tensor, leave_one_out: bool = False, min_scale: fl
     the values equal the median, MAD is 0; the scale then falls back to the
     mean absolute deviation times ``sqrt(pi / 2)`` (also a consistent
     estimate of the standard deviation for normal data), and when all
-    values are equal every index is 0.
+    values are equal every index is 0. With ``leave_one_out`` the peers of a
+    value can all be equal while it is not: its index is then ``inf`` (it
+    lies infinitely many of their zero scales away) unless ``min_scale``
+    gives a finite scale.
 
     With few classes the test is fragile: the candidate itself pulls the
     median and the MAD, and three nearly equal values out of five make the
@@ -166,7 +170,7 @@ def mad_anomaly_index(values: Tensor, leave_one_out: bool = False, min_scale: fl
             (>= 0). Default: 0.
 
     Returns:
-        Tensor: anomaly indices of the same shape, >= 0.
+        Tensor: anomaly indices of the same shape, >= 0 (``inf`` only as above).
 
     Examples::
 
@@ -219,8 +223,10 @@ def _index_against(values: Tensor, reference: Tensor, min_scale: float) -> Tenso
     fallback = _MEAN_AD_CONSISTENCY * spread.mean(dim=-1, keepdim=True)
     scale = torch.where(scale > 0, scale, fallback).clamp(min=min_scale)
     deviation = (values - median).abs()
-    return torch.where(scale > 0, deviation / scale.clamp(min=torch.finfo(values.dtype).tiny),
-                       torch.zeros_like(deviation))
+    # no spread at all (the reference values are all equal): a value equal to them is 0 scales away, any
+    # other value infinitely many (only leave_one_out can meet the latter: the one value apart from equal peers)
+    at_zero = torch.where(deviation > 0, torch.full_like(deviation, math.inf), torch.zeros_like(deviation))
+    return torch.where(scale > 0, deviation / scale.clamp(min=torch.finfo(values.dtype).tiny), at_zero)
 
 
 def flag_anomalies(values: Tensor, threshold: float = 2.0, direction: str = "high", min_scale: float = 0.0) -> Tensor:

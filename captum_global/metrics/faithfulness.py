@@ -60,7 +60,8 @@ def _inputs(inputs: TensorOrTuple) -> Tensor:
 
 
 def _blur(x: Tensor, size: int = 11, sigma: float = 5.0) -> Tensor:
-    """Gaussian blur (RISE's insertion start: kernel 11, sigma 5), reflect padding.
+    """Gaussian blur (RISE's insertion start: kernel 11, sigma 5), reflect padding
+    (RISE pads with zeros, which darkens the border).
 
     The kernel shrinks (odd sizes) on images smaller than it, since reflect
     padding cannot reach further than the image's own side.
@@ -133,10 +134,10 @@ def drop_and_increase(
     default) upsampled to the input size, min-max normalised per example and
     broadcast over channels; with a baseline ``b`` the explained input is
     ``b + map * (input - b)`` (``b = 0``: the plain product). Per example the
-    drop is ``100 * max(0, Y - O) / Y`` (NaN where ``Y <= 0``, which only raw
-    scores allow) and the increase is 100 where ``O > Y``, else 0; their means
-    are the Grad-CAM++ "Average Drop %" (lower is better) and "Increase in
-    Confidence %" (higher is better).
+    drop is ``100 * max(0, Y - O) / Y`` (NaN where ``Y <= 0``: a raw score, or
+    a softmax probability that underflows to 0) and the increase is 100
+    where ``O > Y``, else 0; their means are the Grad-CAM++ "Average Drop %"
+    (lower is better) and "Increase in Confidence %" (higher is better).
 
     Args:
         forward_func (Callable): the model; returns ``[N, classes]``. Run in
