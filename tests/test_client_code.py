@@ -8,6 +8,7 @@ methods as grad-cam's CAMs do, and the backdoor scans and the explanation
 manipulation run inside an evaluation script's ``torch.no_grad()`` or
 ``torch.inference_mode()`` block and give what they give outside it.
 """
+import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
@@ -197,3 +198,32 @@ def test_backdoor_scan_takes_negative_classes_as_counted_from_the_end():
         scan_for_backdoor(model, x, classes=[0, 3, -1], **options)
     with pytest.raises(ValueError, match=r"classes \[-5\] out of range"):
         scan_for_backdoor(model, x, classes=[0, 1, -5], **options)
+
+
+# ---------------------------------------------------------------- AttributionCAM runs as explain() does
+
+
+def test_attribution_cam_runs_a_training_model_in_eval_mode_and_leaves_model_and_rng_as_found():
+    """grad-cam's CAMs switch the model to eval mode for good; AttributionCAM ran a train-mode model as it
+    was: BatchNorm statistics moved, dropout drew from the global RNG and the map depended on both."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x = images(2, 8)
+    expected = AttributionCAM(model.eval(), "SISE")(x)
+    model.train()
+    stats = [t.clone() for t in model[1].buffers()]
+    rng = torch.get_rng_state()
+    maps = AttributionCAM(model, "SISE")(x)
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
+    assert model.training and model[1].training and model[3].training
+    assert all(torch.equal(a, b) for a, b in zip(stats, model[1].buffers()))
+    assert torch.equal(rng, torch.get_rng_state())
+    # a method drawing from the global RNG: seeded (the same maps twice), the caller's state restored
+    smooth = AttributionCAM(model, NoiseTunnel(Saliency(model)), nt_samples=3)
+    first = smooth(x)
+    np.testing.assert_array_equal(first, smooth(x))
+    assert torch.equal(rng, torch.get_rng_state())
+    assert model.training

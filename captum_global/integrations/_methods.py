@@ -9,7 +9,8 @@ per model. This module owns those rules so that both adapters share them.
 """
 import copy
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import captum.attr
 import numpy as np
@@ -21,6 +22,7 @@ import captum_global.attr
 from captum_global._checks import check_choice, check_model_output
 from captum_global._maps import resize_maps
 from captum_global._model_state import preserved_model_state
+from captum_global._seeding import check_seed, cuda_devices, seeded_global_rng
 from captum_global._targets import parse_target
 from captum_global.attr import InputAgnosticSaliency
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
@@ -273,6 +275,17 @@ def as_target_list(targets: Any, n: int, num_classes: Optional[int] = None) -> L
     if num_classes is not None:
         return parse_target(values.detach().cpu().long().contiguous(), n, "targets").checked((n, num_classes)).classes()
     return [int(v) for v in values]
+
+
+@contextmanager
+def isolated_run(model: nn.Module, method: "BoundMethod", attribute_kwargs: Dict[str, Any], inputs: Tensor) -> Iterator[None]:
+    """The adapters' rule for running a method, as the line-up and ``explain_dataset`` do: the model in
+    eval mode (no BatchNorm update, no dropout) with its flags restored, and the global RNG seeded from
+    the method's ``seed`` (0 for methods without one, such as NoiseTunnel) and restored afterwards, so
+    an explanation is a function of model, input and target."""
+    seed = check_seed(attribute_kwargs.get("seed", 0)) if method.takes_seed else 0
+    with preserved_model_state(model), seeded_global_rng(seed, cuda_devices(model, inputs)):
+        yield
 
 
 def num_classes_of(model: nn.Module, inputs: Tensor) -> int:

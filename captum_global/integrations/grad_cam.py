@@ -30,6 +30,7 @@ from captum_global.integrations._methods import (
     MethodLike,
     as_target_list,
     bind_method,
+    isolated_run,
     num_classes_of,
     reduce_channels,
 )
@@ -204,6 +205,24 @@ class AttributionCAM:
                 f"targets must be a list of grad-cam targets, one per image (e.g. [ClassifierOutputTarget(k)]), "
                 f"got a {type(targets).__name__}"
             )
+        if targets is not None:
+            if len(targets) != n:
+                raise InvalidArgumentError(f"targets has {len(targets)} entries for {n} images: give one per image")
+            if not all(callable(t) for t in targets):
+                raise InvalidArgumentTypeError("targets must be grad-cam target callables, e.g. ClassifierOutputTarget(k)")
+        # the top-class pass and the method alike run as explain() runs them (eval mode, flags back, RNG seeded
+        # and restored): grad-cam's CAMs switch the model to eval mode; this adapter leaves it as it was
+        with isolated_run(self.model, self._bound, self.attribute_kwargs, input_tensor):
+            attributions = self._attribute(input_tensor, targets)
+        # at the input's size, as grad-cam's CAMs (show_cam_on_image and its metrics multiply them with the
+        # image): a layer method's [N, 1, h, w] maps are upsampled bilinearly, as in quantus's explain
+        if isinstance(attributions, Tensor) and attributions.dim() == 3:  # [N, H, W], as attributions_to_cams takes
+            attributions = attributions.unsqueeze(1)
+        maps = reduce_channels(attributions, input_tensor.shape[-2:], "mean")
+        return attributions_to_cams(maps, relu=self.relu, normalise=self.normalise)
+
+    def _attribute(self, input_tensor: Tensor, targets: Optional[List[Callable]]) -> Tensor:
+        n = input_tensor.shape[0]
         if targets is None:
             with torch.no_grad():
                 # a copy: a model working in place must not change the caller's input
@@ -213,10 +232,6 @@ class AttributionCAM:
             targets_int: List[Optional[int]] = [int(c) for c in scores.argmax(dim=-1)]
             callables: List[Any] = [None] * n
         else:
-            if len(targets) != n:
-                raise InvalidArgumentError(f"targets has {len(targets)} entries for {n} images: give one per image")
-            if not all(callable(t) for t in targets):
-                raise InvalidArgumentTypeError("targets must be grad-cam target callables, e.g. ClassifierOutputTarget(k)")
             targets_int = [_class_of(t) for t in targets]
             callables = list(targets)
             given = [c for c in targets_int if c is not None]
@@ -224,15 +239,8 @@ class AttributionCAM:
                 checked = iter(as_target_list(given, len(given), num_classes_of(self.model, input_tensor)))
                 targets_int = [None if c is None else next(checked) for c in targets_int]
         if all(c is not None for c in targets_int):
-            attributions = self._bound(input_tensor, targets_int, **self.attribute_kwargs)
-        else:
-            attributions = torch.cat([self._one(input_tensor[i:i + 1], targets_int[i], callables[i]) for i in range(n)])
-        # at the input's size, as grad-cam's CAMs (show_cam_on_image and its metrics multiply them with the
-        # image): a layer method's [N, 1, h, w] maps are upsampled bilinearly, as in quantus's explain
-        if isinstance(attributions, Tensor) and attributions.dim() == 3:  # [N, H, W], as attributions_to_cams takes
-            attributions = attributions.unsqueeze(1)
-        maps = reduce_channels(attributions, input_tensor.shape[-2:], "mean")
-        return attributions_to_cams(maps, relu=self.relu, normalise=self.normalise)
+            return self._bound(input_tensor, targets_int, **self.attribute_kwargs)
+        return torch.cat([self._one(input_tensor[i:i + 1], targets_int[i], callables[i]) for i in range(n)])
 
     def _one(self, image: Tensor, class_index: Optional[int], target: Callable) -> Tensor:
         if class_index is not None:

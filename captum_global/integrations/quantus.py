@@ -28,13 +28,12 @@ import torch
 from torch import nn
 
 from captum_global._checks import check_module, check_tensor
-from captum_global._model_state import preserved_model_state
-from captum_global._seeding import check_seed, cuda_devices, seeded_global_rng
 from captum_global.errors import InvalidArgumentError
 from captum_global.integrations._methods import (
     MethodLike,
     as_target_list,
     bind_method,
+    isolated_run,
     num_classes_of,
     reduce_channels,
 )
@@ -159,10 +158,7 @@ def explain(
     target = torch.tensor(as_target_list(targets, x.shape[0], num_classes_of(model, x)), device=x.device)
     if bound.takes_seed:
         attribute_kwargs.setdefault("seed", 0)
-    # as the line-up and explain_dataset: eval mode (no BatchNorm update, no dropout), the model's flags back,
-    # and methods that draw from the global RNG (NoiseTunnel) seeded and the caller's RNG restored
-    seed = check_seed(attribute_kwargs.get("seed", 0)) if bound.takes_seed else 0
-    with preserved_model_state(model), seeded_global_rng(seed, cuda_devices(model, x)):
+    with isolated_run(model, bound, attribute_kwargs, x):
         attributions = bound(x, target, **attribute_kwargs)
     maps = reduce_channels(attributions, x.shape[-2:], channel_reduce)
     return maps.cpu().numpy().astype(np.float32)
