@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_global.attr import ClassWiseResult, ClassWiseSynthesis
 from captum_global.world import build_model, flip_labels, make_dataset, poison_dataset, reference_zoo, zoo_entry
@@ -100,20 +100,32 @@ def views(x: Tensor, gen: torch.Generator) -> Tensor:
     return torch.stack([torch.roll(xi, (a, b), (-2, -1)) for xi, (a, b) in zip(x, shifts)])
 
 
+def instance_norm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm2d replaced by a per-image normalisation with the same
+    learnable scale and shift (``GroupNorm`` with one group per channel, i.e. instance norm): the
+    normalisation dataset condensation's evaluation network uses. It keeps no dataset statistics."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(module, name, nn.GroupNorm(child.num_features, child.num_features, affine=True))
+    return model
+
+
 def train_fresh(arch: str, images: Tensor, labels: Tensor, steps: int, seed: int,
                 init: Optional[Dict[str, Tensor]] = None, augment: bool = True, batch: int = 50,
-                lr: float = 3e-3):
+                lr: float = 3e-3, norm: str = "batch"):
     """A fresh model trained on ``images`` only, with the reference models'
     optimiser (AdamW, weight decay 5e-4, one-cycle schedule peaking at ``lr``).
 
     ``init``: start from these weights (e.g. the trajectory's initialisation)
     instead of a random initialisation drawn from ``seed``. A set smaller
     than the batch is tiled (each copy a different view when ``augment``),
-    so BatchNorm always sees ``batch`` inputs.
+    so BatchNorm always sees ``batch`` inputs. ``norm="instance"``: the
+    architecture with instance norm in place of BatchNorm (:func:`instance_norm`).
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_model(arch)
+    model = build_model(arch) if norm == "batch" else instance_norm(build_model(arch))
     if init is not None:
         model.load_state_dict(init)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
