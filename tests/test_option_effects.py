@@ -397,18 +397,7 @@ def test_classwise_init_noise_is_faint_around_mid_grey_and_real_takes_class_exam
 
 
 def test_classwise_checkpoints_per_iteration_steps_on_the_drawn_checkpoint_only():
-    data = _labelled()
-    model = _tiny()
-    x, y = data.tensors
-    opt = torch.optim.Adam(model.parameters(), 0.05)
-    trajectory = []
-    for _ in range(3):
-        model.train()
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        trajectory.append(copy.deepcopy(model.state_dict()))
-    model.eval()
+    data, model, trajectory = _trained(_labelled(), lambda p: torch.optim.Adam(p, 0.05), with_start=False)
     method = ClassWiseSynthesis(model)
     common = dict(classes=[0], images_per_class=2, iterations=1, lr=0.01, seed=5)
     drawn = method.attribute(data, checkpoints=trajectory, checkpoints_per_iteration=1, **common).images
@@ -418,20 +407,24 @@ def test_classwise_checkpoints_per_iteration_steps_on_the_drawn_checkpoint_only(
     assert not torch.allclose(drawn, every, atol=1e-7)
 
 
-def _trajectory_problem():
-    data = _labelled(n=12)
+def _trained(data, optimizer, with_start: bool, steps: int = 3):
+    """``(data, model, trajectory)``: a tiny model trained ``steps`` full-batch steps on ``data``, its
+    weights after every step (and before the first, ``with_start``), the model left in eval mode."""
     model = _tiny()
     x, y = data.tensors
-    opt = torch.optim.SGD(model.parameters(), 0.5)
-    trajectory = [copy.deepcopy(model.state_dict())]
-    for _ in range(3):
+    opt = optimizer(model.parameters())
+    trajectory = [copy.deepcopy(model.state_dict())] if with_start else []
+    for _ in range(steps):
         model.train()
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
         trajectory.append(copy.deepcopy(model.state_dict()))
-    model.eval()
-    return data, model, trajectory
+    return data, model.eval(), trajectory
+
+
+def _trajectory_problem():
+    return _trained(_labelled(n=12), lambda p: torch.optim.SGD(p, 0.5), with_start=True)
 
 
 def _student_by_hand(model, start, target, images, labels, steps, scale):
@@ -549,12 +542,11 @@ class _Colours(nn.Module):
 
 
 def _clean(n=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = 0.3 + 0.2 * torch.rand(n, 3, SIZE, SIZE, generator=g)
-    for i in range(n):
-        if i % 4:
-            x[i, (i % 4) - 1] += 0.35
-    return x.clamp(0, 1)
+    # the backdoor tests' clean images (one dominant colour each), at the same size
+    from test_backdoor import SIZE as BACKDOOR_SIZE, coloured_images
+
+    assert BACKDOOR_SIZE == SIZE
+    return coloured_images(n, seed)
 
 
 def _tanh_free(values):
