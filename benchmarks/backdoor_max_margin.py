@@ -25,7 +25,6 @@ Writes benchmarks/results/backdoor_max_margin.{md,json}.
 """
 import argparse
 import json
-import math
 import statistics
 import sys
 import time

@@ -86,7 +86,6 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        import numpy as np
         from PIL import Image
 
         path = self.files[index]
