@@ -17,7 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["preserved_model_state", "autograd_on", "module_of", "HookBag", "find_module"]
+__all__ = ["preserved_model_state", "autograd_on", "module_of", "unwrap_parallel", "HookBag", "find_module"]
 
 
 def module_of(forward_func: Any, depth: int = 0) -> Optional[nn.Module]:
@@ -36,6 +36,17 @@ def module_of(forward_func: Any, depth: int = 0) -> Optional[nn.Module]:
         return module_of(forward_func.func, depth + 1)
     inner = getattr(forward_func, "forward_func", None)
     return None if inner is None else module_of(inner, depth + 1)
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The module an ``nn.DataParallel`` or ``DistributedDataParallel`` wrapper runs (any other module as is).
+
+    Methods that call the model on weights of their own (``torch.func.functional_call``) need it: the
+    stateless API refuses these wrappers, and the weights' names are those of the module inside.
+    """
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
 
 
 @contextmanager

@@ -7,11 +7,14 @@ the call, also when an error is raised. Our own draws use a private
 ``torch.Generator``; code we do not control that draws from the global
 state (a DataLoader starting its iteration, a user's augmentation) runs
 inside :func:`seeded_global_rng`, which seeds the global state from
-``seed`` for the block and restores the caller's afterwards.
+``seed`` for the block and restores the caller's afterwards. Our draws are
+made in float32 (:func:`draw_uniform`, :func:`draw_normal`) and cast afterwards, so
+one seed gives the same masks, noise and starting points whatever the dtype
+of the inputs or model and whatever ``torch.get_default_dtype()`` is.
 """
 import random
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, List, Optional
+from typing import Any, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +22,8 @@ from torch import Tensor, nn
 
 from captum_global._checks import check_int
 
-__all__ = ["check_seed", "make_generator", "preserved_global_rng", "seeded_global_rng", "cuda_devices"]
+__all__ = ["check_seed", "make_generator", "draw_uniform", "draw_normal", "preserved_global_rng", "seeded_global_rng",
+           "cuda_devices"]
 
 _MAX_SEED = 2**63 - 1
 
@@ -40,6 +44,17 @@ def check_seed(seed: Any, argument: str = "seed", allow_none: bool = True) -> in
 def make_generator(seed: int, device: Any = "cpu") -> torch.Generator:
     """A private generator seeded with ``seed`` on ``device``."""
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def draw_uniform(shape: Sequence[int], generator: torch.Generator) -> Tensor:
+    """Draws from U[0, 1) of ``shape``, always in float32: ``torch.rand`` draws in the default dtype, and a
+    float64 draw consumes the generator differently (other values for the same seed). Cast the result."""
+    return torch.rand(tuple(shape), generator=generator, dtype=torch.float32)
+
+
+def draw_normal(shape: Sequence[int], generator: torch.Generator) -> Tensor:
+    """Draws from N(0, 1) of ``shape``, always in float32 (see :func:`draw_uniform`)."""
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
 
 
 def cuda_devices(*things: Any) -> List[int]:

@@ -13,7 +13,10 @@ of an ``IndexError`` deep in a forward pass:
 - a 1-D integer tensor with one entry per example.
 
 NumPy integer scalars count as ints and NumPy integer arrays as tensors
-(Captum 0.9 refuses both although they are unambiguous). Refused, with
+(Captum 0.9 refuses both although they are unambiguous; its wrappers,
+``NoiseTunnel`` and ``sensitivity_max``, repeat list and tensor targets with
+the inputs but not NumPy arrays, so inside them a NumPy array is refused
+with that remedy: a list or ``torch.as_tensor(target)``). Refused, with
 :class:`~captum_global.errors.InvalidArgumentError` (which is also the
 ``AssertionError`` Captum raises): bools, floats, strings, float tensors,
 a list whose length is not ``N`` (Captum refuses ``[2]`` for three
@@ -138,6 +141,7 @@ def parse_target(target: Any, num_examples: int, argument: str = "target") -> Ta
     n = int(num_examples)
     if target is None:
         return TargetIndex(None, n, argument)
+    from_numpy = isinstance(target, np.ndarray)
     if isinstance(target, np.ndarray):
         if not np.issubdtype(target.dtype, np.integer):
             raise InvalidArgumentTypeError(f"{argument} must hold integer class indices, got dtype {target.dtype}")
@@ -155,8 +159,13 @@ def parse_target(target: Any, num_examples: int, argument: str = "target") -> Ta
                 f"got shape {tuple(target.shape)}"
             )
         if target.numel() != n:
+            # Captum's wrappers (NoiseTunnel, sensitivity_max) repeat list and tensor targets with the inputs
+            # but pass a NumPy array (which Captum refuses) through unchanged: say so
+            what = "is a NumPy array of" if from_numpy else "has"
+            hint = ("; Captum's wrappers (NoiseTunnel, sensitivity_max) repeat list and tensor targets with the "
+                    "inputs but not NumPy arrays: pass a list or torch.as_tensor(target)") if from_numpy else ""
             raise InvalidArgumentError(
-                f"{argument} has {target.numel()} entries but there are {n} examples: give one per example"
+                f"{argument} {what} {target.numel()} entries but there are {n} examples: give one per example{hint}"
             )
         return TargetIndex(target.detach().cpu().long().reshape(n, 1), n, argument)
     if isinstance(target, list):

@@ -105,8 +105,12 @@ def user(tmp_path_factory):
 
 
 def _scan(argv, out, capsys):
-    """Run the command (quietly), return (report, stdout)."""
+    """Run the command (quietly), return (report, stdout); it leaves no figure open in pyplot."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
     assert main(["scan", *argv, "--out", str(out), "--quiet"]) == 0
+    assert plt.get_fignums() == before  # its pictures are drawn outside pyplot: nothing to close, nothing leaks
     captured = capsys.readouterr()
     assert captured.err == ""  # --quiet: no progress bar, nothing else either
     return json.loads((out / "scan.json").read_text()), captured.out

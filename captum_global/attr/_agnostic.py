@@ -13,6 +13,7 @@ from torch import Tensor
 
 from captum_global._checks import check_finite_output, check_model_output
 from captum_global._maps import NO_SIGNAL_RTOL, minmax_normalise, to_heatmap
+from captum_global._seeding import draw_normal, draw_uniform
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError, NonFiniteOutputError
 
 __all__ = [
@@ -45,7 +46,7 @@ def uniform(low: float = 0.0, high: float = 1.0) -> Callable[[int, Tuple[int, ..
         raise ValueError(f"uniform needs high > low, got low={low}, high={high}")
 
     def draw(n: int, shape: Tuple[int, ...], generator: torch.Generator) -> Tensor:
-        return low + (high - low) * torch.rand((n,) + tuple(shape), generator=generator)
+        return low + (high - low) * draw_uniform((n,) + tuple(shape), generator)
 
     return draw
 
@@ -56,7 +57,7 @@ def gaussian(mean: float = 0.5, std: float = 0.25) -> Callable[[int, Tuple[int, 
         raise ValueError(f"gaussian needs std > 0, got {std}")
 
     def draw(n: int, shape: Tuple[int, ...], generator: torch.Generator) -> Tensor:
-        return mean + std * torch.randn((n,) + tuple(shape), generator=generator)
+        return mean + std * draw_normal((n,) + tuple(shape), generator)
 
     return draw
 
@@ -77,10 +78,9 @@ def smooth(low: float = 0.0, high: float = 1.0, cell: int = SMOOTH_CELL):
 
     def draw(n: int, shape: Tuple[int, ...], generator: torch.Generator) -> Tensor:
         if len(shape) != 3:
-            return low + (high - low) * torch.rand((n,) + tuple(shape), generator=generator)
+            return low + (high - low) * draw_uniform((n,) + tuple(shape), generator)
         c, h, w = shape
-        coarse = torch.rand((n, c, max(1, math.ceil(h / cell)) + 1, max(1, math.ceil(w / cell)) + 1),
-                            generator=generator)
+        coarse = draw_uniform((n, c, max(1, math.ceil(h / cell)) + 1, max(1, math.ceil(w / cell)) + 1), generator)
         grid = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)
         return low + (high - low) * grid
 

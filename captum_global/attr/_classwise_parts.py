@@ -291,7 +291,9 @@ def run_gradient_matching(model: nn.Module, rg: ClassGradients, start: Tensor, *
             d = class_distance(model, augment(x), ci, rg, distance, True, ks)
             label = torch.full((x.shape[0],), rg.classes[ci], dtype=torch.long)
             objective = d + prior(x, priors, param.value_range, model, label)
-            z.grad = torch.autograd.grad(objective, z)[0]
+            # a model that ignores its input gives the set no gradient: it stays where it is (no signal)
+            (grad,) = torch.autograd.grad(objective, z, allow_unused=True) if objective.requires_grad else (None,)
+            z.grad = torch.zeros_like(z) if grad is None else grad
             total += float(d.detach())
         history.append(total)
         step()

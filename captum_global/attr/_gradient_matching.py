@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from captum_global._checks import check_finite_output, check_model_output
 from captum_global._model_state import find_module
+from captum_global._seeding import draw_uniform
 from captum_global.attr.classwise_types import ClassGradients, WeightPoint
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
@@ -42,6 +43,7 @@ __all__ = [
     "validate_classes",
     "matched_parameter_names",
     "class_gradient",
+    "used_weight_names",
     "make_loader",
     "split_batch",
     "stream_class_features",
@@ -184,7 +186,36 @@ def class_gradient(
         check_finite_output(logits.detach(), "ClassWiseSynthesis", where or f"class {label}")
         target = torch.full((inputs.shape[0],), label, dtype=torch.long, device=logits.device)
         loss = F.cross_entropy(logits, target, reduction=reduction)
-    return list(torch.autograd.grad(loss, [weights[n] for n in names], create_graph=create_graph))
+    wrt = [weights[n] for n in names]
+    if not loss.requires_grad:  # no matched weight reaches the output for these inputs
+        return [torch.zeros_like(w) for w in wrt]
+    grads = torch.autograd.grad(loss, wrt, create_graph=create_graph, allow_unused=True)
+    # a weight these inputs do not reach (data-dependent control flow) has a zero gradient
+    return [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
+
+
+def used_weight_names(model: nn.Module, point: WeightPoint, names: Sequence[str], inputs: Tensor) -> List[str]:
+    """The weights of ``names`` the model's output depends on (at ``point``, for ``inputs``).
+
+    A weight the forward pass never reaches (an auxiliary head that only runs in training mode, as
+    Inception's and GoogLeNet's, or any unused submodule) has no gradient, real or synthetic: it is left
+    out of the matching, as 1-D parameters are, instead of adding a constant to every distance. A model
+    whose output depends on none of them (it ignores its weights) is refused: there is nothing to match.
+    """
+    weights = {n: point[n].detach().requires_grad_(True) for n in names}
+    state = dict(point)
+    state.update(weights)
+    output = check_model_output(forward_on(model, state, inputs), "model")
+    used: List[str] = []
+    if output.requires_grad:
+        grads = torch.autograd.grad(output.sum(), list(weights.values()), allow_unused=True)
+        used = [n for n, g in zip(names, grads) if g is not None]
+    if not used:
+        raise InvalidArgumentError(
+            f"model: its output depends on none of the matched weights ({list(names)[:4]}...): class-wise "
+            "synthesis matches training gradients in the weights, and this model has none (it returns a "
+            "value computed without them, e.g. a constant); pass the model whose output they compute")
+    return used
 
 
 def make_loader(data, batch_size: int) -> Tuple[DataLoader, Optional[Tensor]]:
@@ -294,7 +325,7 @@ def stream_class_gradients(
     # One random key per global index: the kept real examples do not depend
     # on the number of processes (a user DataLoader gets keys by position).
     if index is not None:
-        global_keys = torch.rand(len(data), generator=gen)
+        global_keys = draw_uniform((len(data),), gen)
     else:
         gen.manual_seed(seed + 7919 * rank)
     sums = counts = None
@@ -311,12 +342,13 @@ def stream_class_gradients(
                 num_outputs = check_model_output(functional_call(model, points[0], (x[:1].clone(),)), "model").shape[-1]
             classes = tuple(range(num_outputs)) if classes is None else tuple(classes)
             validate_classes(classes, num_outputs)
+            names = used_weight_names(model, points[0], names, x[:1])
             sums = [[[[torch.zeros(points[0][n].shape, dtype=torch.float64, device=device) for n in names]
                       for _ in range(groups)] for _ in classes] for _ in points]
             counts = torch.zeros(len(classes), groups, dtype=torch.float64, device=device)
         _check_labels(y, num_outputs)
         if keep_real:
-            keys = global_keys[index[seen:seen + len(y)]] if index is not None else torch.rand(len(y), generator=gen)
+            keys = global_keys[index[seen:seen + len(y)]] if index is not None else draw_uniform((len(y),), gen)
         seen += len(y)
         for ci, c in enumerate(classes):
             sel = y == c
@@ -348,7 +380,10 @@ def stream_class_gradients(
     per_class = counts.sum(1)
     empty = [c for ci, c in enumerate(classes) if per_class[ci] == 0]
     if empty:
-        raise InvalidArgumentError(f"classes {empty} have no examples in data: nothing to match for them")
+        # a 1000-class model on a few classes' data: name a few, not all of them
+        shown = str(empty) if len(empty) <= 10 else f"{str(empty[:10])[:-1]}, ...] ({len(empty)} of {len(classes)})"
+        raise InvalidArgumentError(f"classes {shown} have no examples in data: nothing to match for them; "
+                                   "pass classes= to name the classes the data holds")
     wdtype = [points[0][n].dtype for n in names]
     grads = [[[(sum(g[i] for g in per_group) / per_class[ci]).to(wdtype[i]) for i in range(len(names))]
               for ci, per_group in enumerate(per_point)] for per_point in sums]

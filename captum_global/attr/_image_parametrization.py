@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from captum_global._seeding import draw_uniform
 from captum_global.errors import InvalidArgumentError
 
 __all__ = ["PARAMETRIZATIONS", "Parametrization"]
@@ -47,10 +48,10 @@ class Parametrization:
     def noise(self, shape: Tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> Tensor:
         """Uniform noise in [-1, 1]: white for pixels; for the spectrum, uniform
         coefficients decoded (1/f "pink" noise), rescaled to a maximum of 1."""
-        white = 2 * torch.rand(shape, generator=generator, dtype=dtype) - 1
+        white = 2 * draw_uniform(shape, generator).to(dtype) - 1
         if self.kind == "pixels":
             return white
-        coefficients = 2 * torch.rand(shape[:-1] + (self.scale.shape[-1], 2), generator=generator, dtype=dtype) - 1
+        coefficients = 2 * draw_uniform(shape[:-1] + (self.scale.shape[-1], 2), generator).to(dtype) - 1
         coloured = self.decode(coefficients.to(self.scale.device)).cpu()
         return coloured / coloured.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (coloured.dim() - 1))
 

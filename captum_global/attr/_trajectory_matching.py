@@ -142,9 +142,11 @@ def run_trajectory_matching(model: nn.Module, points: Sequence[WeightPoint], nam
                              batch, generator, augment, check)
         objective = d + prior(images)
         wrt = [leaf, log_scales] if learn_lr else [leaf]
-        grads = torch.autograd.grad(objective, wrt)
-        for tensor, g in zip(wrt, grads):
-            tensor.grad = g
+        grads = [None] * len(wrt)
+        if objective.requires_grad:
+            grads = torch.autograd.grad(objective, wrt, allow_unused=True)
+        for tensor, g in zip(wrt, grads):  # no gradient (a model that ignores its input): no move
+            tensor.grad = torch.zeros_like(tensor) if g is None else g
         history.append(float(d.detach()))
         opt.step()
         schedule.step()

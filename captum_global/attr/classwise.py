@@ -43,7 +43,7 @@ from captum_global._checks import (
     check_number,
     check_tensor,
 )
-from captum_global._model_state import autograd_on, preserved_model_state
+from captum_global._model_state import autograd_on, preserved_model_state, unwrap_parallel
 from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
 from captum_global.attr import _classwise_parts as parts
 from captum_global.attr._batchnorm_stats import fill_population_statistics, untracked_batchnorms
@@ -112,7 +112,8 @@ class ClassWiseSynthesis(Attribution):
 
     def __init__(self, model: nn.Module) -> None:
         check_module(model, "model", "its weights are differentiated")
-        super().__init__(model)
+        # weights are differentiated through functional calls, which nn.DataParallel refuses: use its module
+        super().__init__(unwrap_parallel(model))
 
     @classmethod
     def get_name(cls) -> str:
@@ -271,6 +272,9 @@ class ClassWiseSynthesis(Attribution):
             parameters (list, optional): submodules (or dotted names) whose
                         weights are matched (and, in trajectory mode, trained
                         by the student). Default: every weight (>= 2-D).
+                        Weights the eval-mode forward pass never reaches (an
+                        auxiliary head such as Inception's) have no gradient
+                        and are left out.
             iterations (int): optimisation steps of the synthetic set.
             lr (float, optional): its learning rate, decayed to 0 on a cosine
                         schedule. Default: 0.003 for Adam, 0.1 for SGD (gradient

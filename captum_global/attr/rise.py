@@ -41,7 +41,7 @@ from captum_global._compat import TargetType, format_additional_forward_args, fo
 from captum_global._maps import NO_SIGNAL_RTOL
 from captum_global._model_state import preserved_model_state
 from captum_global._scoring import class_softmax, iter_scores
-from captum_global._seeding import check_seed, cuda_devices, make_generator, seeded_global_rng
+from captum_global._seeding import check_seed, cuda_devices, draw_uniform, make_generator, seeded_global_rng
 from captum_global._targets import parse_target
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
@@ -67,7 +67,7 @@ def rise_masks(n: int, height: int, width: int, s: int = 7, p1: float = 0.5,
     s = check_int(s, "s", minimum=1)
     p1 = check_number(p1, "p1", 0.0, 1.0, min_inclusive=False)
     cell_h, cell_w = math.ceil(height / s), math.ceil(width / s)
-    grid = (torch.rand(n, 1, s, s, generator=generator) < p1).float()
+    grid = (draw_uniform((n, 1, s, s), generator) < p1).float()
     up = F.interpolate(grid, size=((s + 1) * cell_h, (s + 1) * cell_w), mode="bilinear", align_corners=False)
     dy = torch.randint(0, cell_h, (n,), generator=generator)
     dx = torch.randint(0, cell_w, (n,), generator=generator)
@@ -204,7 +204,8 @@ class RISE(PerturbationAttribution):
         # scores that never move carry no signal: a zero map, not the masks' coverage
         still = (high - low) <= NO_SIGNAL_RTOL * torch.maximum(high.abs(), low.abs())
         saliency = torch.where(still.view(-1, 1, 1, 1), torch.zeros_like(saliency), saliency)
-        return format_output(was_tuple, tuple(saliency.expand_as(x).clone() for x in xs))
+        # each input's map in its own dtype (a tuple may mix float32 and float64 inputs)
+        return format_output(was_tuple, tuple(saliency.to(x.dtype).expand_as(x).clone() for x in xs))
 
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_global._checks import check_finite_output
+from captum_global._seeding import draw_uniform
 from captum_global.backdoor._common import stamp
 
 # tanh keeps values strictly inside (0, 1): atanh of the initial values stays finite.
@@ -84,8 +85,8 @@ def reverse_triggers(
     gh, gw = math.ceil(h / cell), math.ceil(w / cell)
     lo, hi = value_range
     rows = k if per_image is None else k * per_image.shape[0]
-    mask_free = to_free(torch.rand(rows, 1, gh, gw, generator=generator) * 0.98 + 0.01).to(device, dtype)
-    pattern_free = to_free(torch.rand(rows, c, h, w, generator=generator) * 0.98 + 0.01).to(device, dtype)
+    mask_free = to_free(draw_uniform((rows, 1, gh, gw), generator) * 0.98 + 0.01).to(device, dtype)
+    pattern_free = to_free(draw_uniform((rows, c, h, w), generator) * 0.98 + 0.01).to(device, dtype)
     mask_free.requires_grad_(True)
     pattern_free.requires_grad_(True)
     optimiser = torch.optim.Adam([mask_free, pattern_free], lr=lr, betas=(0.5, 0.9))

@@ -24,7 +24,7 @@ from captum_global._checks import (
     check_value_range,
 )
 from captum_global._model_state import autograd_on, preserved_model_state
-from captum_global._seeding import check_seed, make_generator
+from captum_global._seeding import check_seed, draw_uniform, make_generator
 from captum_global.backdoor._common import (
     check_classes,
     check_images,
@@ -279,8 +279,8 @@ def _reverse(model, inputs: Tensor, label: int, generator: torch.Generator, s: D
     n, c, h, w = inputs.shape
     lo, hi = s["value_range"]
     # Random start in (0, 1), as the reference implementation.
-    mask_init = torch.rand(1, 1, h, w, generator=generator) * 0.98 + 0.01
-    pattern_init = torch.rand(1, c, h, w, generator=generator) * 0.98 + 0.01
+    mask_init = draw_uniform((1, 1, h, w), generator) * 0.98 + 0.01
+    pattern_init = draw_uniform((1, c, h, w), generator) * 0.98 + 0.01
     mask_free = torch.atanh((mask_init - 0.5) * _TANH_SCALE).to(inputs).requires_grad_(True)
     pattern_free = torch.atanh((pattern_init - 0.5) * _TANH_SCALE).to(inputs).requires_grad_(True)
     optimiser = torch.optim.Adam([mask_free, pattern_free], lr=s["lr"], betas=s["betas"])

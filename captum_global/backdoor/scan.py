@@ -389,7 +389,7 @@ def _success(model: nn.Module, inputs: Tensor, classes: Sequence[int], masks: Te
 def _anomaly(norms: Tensor, classes: Sequence[int], untestable: Sequence[int], noise_floor: float) -> Tensor:
     """Low-side MAD index of the log norms; untestable classes get 0 and are no reference."""
     testable = torch.tensor([c not in untestable for c in classes])
-    index = torch.zeros(len(classes))
+    index = torch.zeros(len(classes), dtype=torch.float32)  # not the default dtype, which a user may have set
     if int(testable.sum()) < 3:
         return index
     index[testable] = low_side_index(norms[testable].double().log(), min_scale=noise_floor).float()

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -116,6 +117,8 @@ def shape(text: str) -> Tuple[int, int, int]:
 def existing_file(text: str) -> Path:
     """An argparse type: a file that exists."""
     path = Path(text)
+    if path.is_dir():  # a model's snapshot folder, say: name the file in it
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give the file in it")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text!r}")
     return path
@@ -288,7 +291,7 @@ def image_folder(path: Path, option: str, input_shape: Sequence[int], labels: Op
 
 def image_tensor_file(path: Path, option: str, input_shape: Sequence[int], limit: Optional[int] = None):
     """The ``[N, C, H, W]`` images of a tensor file (its first ``limit``), checked as the
-    commands take them: at least one, the model's input shape, finite, in ``[0, 1]``."""
+    commands take them: at least one, the model's input shape, floating point, finite, in ``[0, 1]``."""
     import torch
 
     from captum_global.loading import IMAGE_EXTENSIONS, load_tensor
@@ -296,7 +299,13 @@ def image_tensor_file(path: Path, option: str, input_shape: Sequence[int], limit
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         raise UsageError(f"{option} {str(path)!r} is one image file; give the folder that holds the images, or a "
                          "tensor file [N, C, H, W]")
-    images = load_tensor(path, option, dims=(4,))[:limit].float()
+    images = load_tensor(path, option, dims=(4,))
+    if not images.is_floating_point():  # not cast: 8-bit pixels would fail the range check misleadingly,
+        # 0/1 integers or booleans would pass it, and a complex cast drops the imaginary part
+        hint = "; divide 8-bit images by 255" if images.dtype == torch.uint8 else ""
+        raise UsageError(f"{option} holds {str(images.dtype).replace('torch.', '')} values; it must hold "
+                         f"floating-point images in [0, 1]{hint}")
+    images = images[:limit].float()
     if images.shape[0] == 0:
         raise UsageError(f"{option} {str(path)!r} holds no images (shape {tuple(images.shape)})")
     if tuple(images.shape[1:]) != tuple(input_shape):
@@ -368,15 +377,24 @@ def prepare_output(out: Path, force: bool, owned: Sequence[str]) -> None:
     """Create ``out``; refuse a non-empty one without ``--force``; with it, remove the files we write.
 
     Only files matching the ``owned`` glob patterns are removed, never
-    anything else the folder holds.
+    anything else the folder holds. A folder that cannot be made or written
+    to is refused (:class:`UsageError`) before anything is removed.
     """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
+    try:
+        if out.is_dir() and any(out.iterdir()) and not force:
             raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --force to overwrite it")
-        for pattern in owned:
-            for path in out.glob(pattern):
-                if path.is_file():
-                    path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        # the files come after minutes of work: a folder we cannot write to is refused now, before
+        # anything in it is removed
+        with tempfile.TemporaryFile(dir=out):
+            pass
+        if force:
+            for pattern in owned:
+                for path in out.glob(pattern):
+                    if path.is_file():
+                        path.unlink()
+    except OSError as error:  # a parent without write permission, a read-only or special file system
+        reason = re.sub(r"^\[Errno \d+\] ", "", str(error))
+        raise UsageError(f"--out {str(out)!r} cannot be made or written: {reason}") from None

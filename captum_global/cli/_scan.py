@@ -105,7 +105,7 @@ def _run_one(method: str, model, example: Tensor, clean: Optional[Tensor], args,
 
 
 def _figures(out: Path, method: str, scan, class_names: List[str], highlight) -> None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from captum_global import viz
 
@@ -123,7 +123,10 @@ def _figures(out: Path, method: str, scan, class_names: List[str], highlight) ->
     def picture(image: Tensor) -> Tensor:
         return image.permute(1, 2, 0).squeeze(-1) if channels in (1, 3) else image.mean(0)
 
-    fig, axes = plt.subplots(1, 3, figsize=(6, 2.3))
+    # outside pyplot (as every figure of viz): nothing stays registered after the command, also when it is
+    # called repeatedly in one process
+    fig = Figure(figsize=(6, 2.3))
+    axes = fig.subplots(1, 3)
     shown = [(mask, "mask", "gray"), (picture(pattern), "pattern" + note, None),
              (picture(pattern * mask), "mask x pattern" + note, None)]
     for ax, (image, title, cmap) in zip(axes, shown):
@@ -135,12 +138,34 @@ def _figures(out: Path, method: str, scan, class_names: List[str], highlight) ->
     viz.save(fig, out / f"trigger_{method}.png")
 
 
+def _classes_with_gradients(model, input_shape) -> int:
+    """The model's number of classes, from a batch of 2 inputs run with gradients, as the scans run it.
+
+    Both scans optimise a trigger through the gradient of the scores with respect to the input: a
+    model that fails so, or whose scores do not depend on the input through autograd (a forward under
+    torch.no_grad(), a .detach()), is refused here, before any work or folder; the scan would end in a
+    traceback, or report triggers it could never optimise."""
+    from captum_global.loading.tensors import _first_line
+
+    probe = torch.full((2, *input_shape), 0.5, requires_grad=True)
+    try:
+        with torch.enable_grad():
+            scores = model(probe)
+            grad = torch.autograd.grad(scores.sum(), probe, allow_unused=True)[0] if scores.requires_grad else None
+    except Exception as error:  # the user's forward or its backward
+        raise UsageError(f"--model: the model fails when the scan runs it with gradients on inputs of shape "
+                         f"{(2, *input_shape)}: {type(error).__name__}: {_first_line(error)}") from None
+    if grad is None:
+        raise UsageError("--model: the model's scores do not depend on its input through autograd (does its "
+                         "forward run under torch.no_grad() or detach a tensor?); the scan needs their gradient")
+    return int(scores.shape[-1])
+
+
 def run(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.method == "both" else [args.method]
     model, description, input_shape, trigger = model_from_args(args)
     reference = "reference" in description
-    with torch.no_grad():
-        num_classes = int(model(torch.zeros(1, *input_shape)).shape[-1])
+    num_classes = _classes_with_gradients(model, input_shape)
     if num_classes < 3:
         raise UsageError(f"the model has {num_classes} classes; the anomaly index needs at least 3")
     if args.classes is not None:

@@ -267,7 +267,16 @@ def _checked_maps(maps: Any, n: int, method: str, k: int, start: int, stop: int)
 
 
 def _prepare(out: Path, settings: Dict[str, Any], names: List[str], plan, overwrite: bool) -> None:
-    """Check the folder (resume, refuse or overwrite) and write the unfinished index."""
+    """Check the folder (resume, refuse or overwrite) and write the unfinished index; a folder that
+    cannot be made or written to (no write permission, a read-only file system) is an argument error."""
+    try:
+        _prepare_folder(out, settings, names, plan, overwrite)
+    except OSError as error:
+        reason = re.sub(r"^\[Errno \d+\] ", "", str(error))
+        raise InvalidArgumentError(f"out: {str(out)!r} cannot be made or written: {reason}") from None
+
+
+def _prepare_folder(out: Path, settings: Dict[str, Any], names: List[str], plan, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InvalidArgumentError(f"out: {str(out)!r} is a file, not a folder")
     index_path = out / INDEX_FILE

@@ -248,6 +248,23 @@ def _check_runs(model: nn.Module, path: Path, input_shape: Tuple[int, ...], num_
         raise InvalidArgumentError(
             f"num_classes={num_classes} but the model from {str(path)!r} returns {output.shape[1]} scores"
         )
+    # every method runs batches: a model that folds its batch into one row (x.view(1, -1)) would
+    # otherwise give each example another example's scores, without an error
+    try:
+        with torch.no_grad():
+            batch = model(torch.full((2, *input_shape), 0.5))
+    except Exception as error:
+        raise InvalidArgumentError(
+            f"path: the model from {str(path)!r} runs on one input but not on a batch of inputs of shape "
+            f"{(2, *input_shape)}: {_first_line(error)}"
+        ) from None
+    if not isinstance(batch, Tensor) or tuple(batch.shape) != (2, output.shape[1]):
+        shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise InvalidArgumentError(
+            f"path: the model from {str(path)!r} returns {shape} for a batch of 2 inputs; it must return one "
+            f"row of scores per input, (2, {output.shape[1]}) (does its forward fix the batch size, such as "
+            "x.view(1, -1)?)"
+        )
 
 
 def load_model(
@@ -277,7 +294,8 @@ def load_model(
         num_classes: number of classes; passed to the architecture and
             checked against the model's output when ``input_shape`` is given.
         input_shape: ``(C, H, W)`` of one input; when given, the model is run
-            once on it to check that it returns ``[1, num_classes]`` scores.
+            on it to check that it returns ``[1, num_classes]`` scores, and
+            ``[2, num_classes]`` for a batch of two.
         mean, std: per-channel normalisation the model expects; the model is
             then wrapped in :class:`NormalizedModel` and takes ``[0, 1]`` images.
         value_range: ``(low, high)`` raw input range the model expects

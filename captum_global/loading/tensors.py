@@ -70,6 +70,13 @@ def _read_tensors(path: Path, argument: str, map_location: Any = "cpu") -> Any:
         raise InvalidArgumentError(
             f"{argument}: {str(path)!r} is a TorchScript model, not a file of tensors"
         )
+    with open(path, "rb") as handle:
+        damaged_zip = handle.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+    if damaged_zip:  # a zip archive whose end is missing: damage, not a refused pickle
+        raise InvalidArgumentError(
+            f"{argument}: {str(path)!r} is a damaged or truncated zip archive (the format of torch.save and "
+            "torch.jit.save files); copy or save the file again"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # any refusal or damage (torch.load hands '.safetensors' names to safetensors)
@@ -91,6 +98,10 @@ def _unpickling_reason(error: BaseException) -> str:
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
+    if len(text) > 1 and "TorchScript interpreter" in text[0]:
+        # a TorchScript model's error starts with a generic line and a traceback of its code;
+        # the reason ("RuntimeError: Given groups=1, ...") is the last line
+        return text[-1].strip()
     return text[0] if text else type(error).__name__
 
 
