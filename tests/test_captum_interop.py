@@ -41,25 +41,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_global.attr import RISE, SISE, ClassWiseSynthesis, InputAgnosticSaliency
 from captum_global.errors import InvalidArgumentError
+from test_attr_dropin import CLASSES, FAST, METHODS, N, TARGETS  # the drop-in tests' sizes and fast settings
+from test_captum_conventions import ConnectedConstant, tiny_net  # the same tiny net and no-signal model
 
-N, CLASSES, SIZE = 3, 4, 16
-TARGETS = [1, 2, 0]
-FAST = {
-    "SISE": {},
-    "RISE": {"n_masks": 12, "perturbations_per_eval": 5},
-    "InputAgnosticSaliency": {"n_steps": 2, "samples_per_step": 2, "seed": 0},
-}
-METHODS = list(FAST)
+SIZE = 16
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
-
-
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, CLASSES),
-    ).eval()
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,17 +73,6 @@ def assert_rng_is(state) -> None:
     now = np.random.get_state()  # (name, keys, position, has_gauss, cached_gaussian)
     assert np.array_equal(now[1], numpy_state[1]) and now[2:] == numpy_state[2:], "NumPy's global RNG moved"
     assert random.getstate() == python_state, "Python's random moved"
-
-
-class ConnectedConstant(nn.Module):
-    """Ignores its input, but the output stays in the autograd graph of the input: no signal."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = tiny_net()
-
-    def forward(self, x):
-        return self.net(x) * 0 + torch.tensor([0.5, 1.0, -2.0, 3.0])
 
 
 class DrawsFromEveryRNG(nn.Module):

@@ -292,7 +292,8 @@ def test_explain_interrupted_by_ctrl_c_resumes(user_files, tmp_path, capsys, mon
             "flaky_models:Net", "--input-shape", "3,64,64", "--images", str(user_files / "imgs"),
             "--batch-size", "2", "--quiet"]
     assert main(argv + ["--out", str(tmp_path / "whole")]) == 0
-    flaky_models.CALLS["left"] = 5  # load check, set-up, then two passes per shard: stops in shard 1
+    # load check, gradient check (saliency needs them), set-up, then two passes per shard: stops in shard 1
+    flaky_models.CALLS["left"] = 6
     assert main(argv + ["--out", str(tmp_path / "cut")]) == 130
     assert "interrupted; run the same command again to resume" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "cut").glob("shard-*")] == ["shard-00000.safetensors"]

@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 __all__ = [
     "UsageError", "int_in", "positive_float", "name_list", "int_list", "float_list", "shape", "existing_file",
     "existing_path", "output_folder", "image_folder", "image_tensor_file", "json_object", "arch_name",
-    "add_model_options", "model_from_args", "prepare_output", "cli_message", "LIBRARY_ARGUMENTS",
+    "add_model_options", "model_from_args", "classes_with_gradients", "prepare_output", "cli_message",
+    "LIBRARY_ARGUMENTS",
     "REFERENCE_INPUT", "REFERENCE_ARCHS",
 ]
 
@@ -371,6 +372,48 @@ def cli_message(message: str, command: str, args: Optional[argparse.Namespace] =
     mid = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, names)) + r")=")
     return "".join(part if _QUOTED.fullmatch(part) else mid.sub(lambda m: options[m[1]] + " ", part)
                    for part in _QUOTED.split(message))
+
+
+def classes_with_gradients(model, input_shape: Sequence[int], needed_by: str, layer: Optional[str] = None,
+                           hint: str = "") -> int:
+    """The model's number of classes, from a batch of 2 inputs run with gradients, as ``needed_by`` runs it.
+
+    ``needed_by`` (``"the scan"``, ``"--method Saliency"``) takes the gradient of the scores with respect
+    to the input or, given ``layer`` (a dotted module name), to that layer's output. A model that fails
+    so, or whose scores do not depend on it through autograd (a forward under torch.no_grad(), a
+    .detach()), is refused here, naming --model, before any work or folder: the command would end in a
+    traceback, or (the scan) report triggers it could never optimise. ``hint`` ends the message.
+    """
+    import torch
+
+    from captum_global.loading.tensors import _first_line
+
+    probe = torch.full((2, *input_shape), 0.5, requires_grad=True)
+    outputs: List[Any] = []
+
+    def differentiable(module, inputs, output):  # as Captum reads a layer: its gradient from here on
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            outputs.append(output.detach().requires_grad_())
+            return outputs[-1]
+        return None
+
+    handle = None if layer is None else dict(model.named_modules())[layer].register_forward_hook(differentiable)
+    try:
+        with torch.enable_grad():
+            scores = model(probe)
+            wrt = outputs or [probe]
+            grads = torch.autograd.grad(scores.sum(), wrt, allow_unused=True) if scores.requires_grad else [None]
+    except Exception as error:  # the user's forward or its backward
+        raise UsageError(f"--model: the model fails when {needed_by} runs it with gradients on inputs of shape "
+                         f"{(2, *input_shape)}: {type(error).__name__}: {_first_line(error)}") from None
+    finally:
+        if handle is not None:
+            handle.remove()
+    if all(grad is None for grad in grads):
+        what = "its input" if layer is None else f"layer {layer!r}"
+        raise UsageError(f"--model: the model's scores do not depend on {what} through autograd (does its forward "
+                         f"run under torch.no_grad() or detach a tensor?); {needed_by} needs their gradient{hint}")
+    return int(scores.shape[-1])
 
 
 def prepare_output(out: Path, force: bool, owned: Sequence[str]) -> None:

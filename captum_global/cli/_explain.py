@@ -5,6 +5,7 @@ import os
 from captum_global.cli._args import (
     UsageError,
     add_model_options,
+    classes_with_gradients,
     existing_file,
     existing_path,
     image_folder,
@@ -65,6 +66,19 @@ def _data(args: argparse.Namespace, input_shape):
     return image_tensor_file(args.images, "--images", input_shape)
 
 
+def _check_gradients(model, args: argparse.Namespace, input_shape) -> None:
+    """A method that differentiates the scores (Saliency, LayerGradCam, SISE, ...) on a model whose scores
+    carry no gradient (a forward under torch.no_grad(), a .detach()) is a usage error, before any folder."""
+    import torch
+
+    from captum_global.explain._methods import gradient_needs
+
+    needs, layer = gradient_needs(model, args.method, args.layer, torch.full((1, *input_shape), 0.5))
+    if needs:
+        classes_with_gradients(model, input_shape, f"--method {args.method}", layer=layer,
+                               hint="; methods that need none (Occlusion, FeatureAblation, ...) run on it")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
@@ -74,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if target == "labels" and args.labels is None:
         raise UsageError("--target labels needs --labels FILE")
     model, _, input_shape, _ = model_from_args(args)
+    _check_gradients(model, args, input_shape)
     data = _data(args, input_shape)
     started = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():

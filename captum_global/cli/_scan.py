@@ -17,6 +17,7 @@ from torch import Tensor
 from captum_global.cli._args import (
     UsageError,
     add_model_options,
+    classes_with_gradients,
     existing_path,
     image_folder,
     image_tensor_file,
@@ -138,34 +139,12 @@ def _figures(out: Path, method: str, scan, class_names: List[str], highlight) ->
     viz.save(fig, out / f"trigger_{method}.png")
 
 
-def _classes_with_gradients(model, input_shape) -> int:
-    """The model's number of classes, from a batch of 2 inputs run with gradients, as the scans run it.
-
-    Both scans optimise a trigger through the gradient of the scores with respect to the input: a
-    model that fails so, or whose scores do not depend on the input through autograd (a forward under
-    torch.no_grad(), a .detach()), is refused here, before any work or folder; the scan would end in a
-    traceback, or report triggers it could never optimise."""
-    from captum_global.loading.tensors import _first_line
-
-    probe = torch.full((2, *input_shape), 0.5, requires_grad=True)
-    try:
-        with torch.enable_grad():
-            scores = model(probe)
-            grad = torch.autograd.grad(scores.sum(), probe, allow_unused=True)[0] if scores.requires_grad else None
-    except Exception as error:  # the user's forward or its backward
-        raise UsageError(f"--model: the model fails when the scan runs it with gradients on inputs of shape "
-                         f"{(2, *input_shape)}: {type(error).__name__}: {_first_line(error)}") from None
-    if grad is None:
-        raise UsageError("--model: the model's scores do not depend on its input through autograd (does its "
-                         "forward run under torch.no_grad() or detach a tensor?); the scan needs their gradient")
-    return int(scores.shape[-1])
-
-
 def run(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.method == "both" else [args.method]
     model, description, input_shape, trigger = model_from_args(args)
     reference = "reference" in description
-    num_classes = _classes_with_gradients(model, input_shape)
+    # both scans optimise a trigger through the gradient of the scores with respect to the input
+    num_classes = classes_with_gradients(model, input_shape, "the scan")
     if num_classes < 3:
         raise UsageError(f"the model has {num_classes} classes; the anomaly index needs at least 3")
     if args.classes is not None:

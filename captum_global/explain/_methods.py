@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from captum_global._model_state import find_module
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
 
-__all__ = ["method_names", "resolve_method"]
+__all__ = ["method_names", "resolve_method", "gradient_needs"]
 
 Explain = Callable[[Tensor, Tensor], Tensor]
 
@@ -75,6 +75,41 @@ def _check_keywords(instance: Any, label: str, attribute_kwargs: Dict[str, Any])
             f"attribute_kwargs {unknown} (--method-args on the command line): {label}.attribute does not take "
             f"{'it' if len(unknown) == 1 else 'them'}; it takes {accepted}"
         )
+
+
+def _target_and_seed(instance: Any, attribute_kwargs: Dict[str, Any]) -> Tuple[bool, bool]:
+    """Whether ``instance.attribute`` takes a target, and whether it draws a fresh seed unless given one."""
+    try:
+        parameters = inspect.signature(instance.attribute).parameters
+    except (TypeError, ValueError):
+        return True, False
+    takes_target = "target" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    seed = parameters.get("seed")
+    return takes_target, seed is not None and seed.default is None and "seed" not in attribute_kwargs
+
+
+def gradient_needs(model: nn.Module, method: Any, layer: Optional[str], example: Tensor) -> Tuple[bool, Optional[str]]:
+    """Whether the method named ``method`` differentiates the model's scores, and with respect to what:
+    ``(True, None)`` its input, ``(True, name)`` the output of the layer it reads (``layer`` or the
+    default one), ``(False, None)`` neither (perturbation methods, LayerActivation). A name, layer or
+    model that :func:`resolve_method` refuses gives ``(False, None)``: its refusal says why."""
+    from captum.attr import GradientAttribution, LayerAttribution
+
+    from captum_global.attr import SISE
+    from captum_global.lineup import last_spatial_layer
+
+    cls = _known_methods().get(_normalised(method)) if isinstance(method, str) else None
+    if cls is None or not (issubclass(cls, GradientAttribution) or cls is SISE):
+        return False, None
+    if not (issubclass(cls, LayerAttribution) or cls is SISE):
+        return True, None  # GuidedGradCam too: its guided backpropagation reaches the input
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        return False, None
+    try:  # SISE reads several block outputs; the deepest is the default layer
+        module = last_spatial_layer(model, example) if layer is None or cls is SISE else find_module(model, layer)
+    except (ValueError, TypeError):
+        return False, None
+    return True, next(n for n, m in model.named_modules() if m is module)
 
 
 def resolve_method(model: nn.Module, method: Any, layer: Any, example: Tensor,
@@ -138,10 +173,18 @@ def resolve_method(model: nn.Module, method: Any, layer: Any, example: Tensor,
                                        f"(inputs, target) -> attributions, got {type(method).__name__}")
 
     _check_keywords(instance, label, attribute_kwargs)
+    takes_target, draws_own_seed = _target_and_seed(instance, attribute_kwargs)
 
     def explain(inputs: Tensor, targets: Tensor) -> Tensor:
+        keywords = dict(attribute_kwargs)
+        if takes_target:  # not LayerActivation: its maps are the layer's, for no class
+            keywords["target"] = targets
+        if draws_own_seed:
+            # a seed=None default (InputAgnosticSaliency) draws a fresh seed per call: take it from the
+            # global RNG, which explain_dataset seeds per shard, so reruns and resumed runs give the same maps
+            keywords["seed"] = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
         try:
-            result = instance.attribute(inputs, target=targets, **attribute_kwargs)
+            result = instance.attribute(inputs, **keywords)
         except (TypeError, ValueError, AssertionError) as error:
             if not attribute_kwargs or isinstance(error, InvalidArgumentError):
                 raise

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -16,13 +17,14 @@ from captum_global._model_state import preserved_model_state
 from captum_global._seeding import check_seed, cuda_devices, preserved_global_rng, seeded_global_rng
 from captum_global._targets import parse_target
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
-from captum_global.explain._data import as_dataset, split_batch
+from captum_global.explain._data import TensorItems, as_dataset, split_batch
 from captum_global.explain._methods import resolve_method
 from captum_global.explain.files import (
     FORMAT,
     INDEX_FILE,
     Explanations,
     _jsonable,
+    _shard_damage,
     _tensor_digest,
     _text_digest,
     _write_json,
@@ -58,8 +60,8 @@ def explain_dataset(
     Each batch of ``batch_size`` consecutive examples is one shard file,
     written atomically once its maps are done, so an interrupted run
     resumes: calling again with the same settings computes only the missing
-    shards (a call with other settings into the same folder is refused
-    unless ``overwrite``). Under ``torch.distributed`` (e.g. ``torchrun``,
+    (or damaged) shards (a call with other settings into the same folder is
+    refused unless ``overwrite``). Under ``torch.distributed`` (e.g. ``torchrun``,
     with the process group initialised) the shards are split across the
     processes (shard ``k`` goes to rank ``k mod world_size``); each shard is
     computed exactly as on one process, so the files are the same whatever
@@ -95,7 +97,8 @@ def explain_dataset(
         image_size: ``(H, W)`` images of a folder are resized to.
         seed: the global random state is seeded from ``seed`` and the shard
             number around each shard (for methods that draw from it, e.g.
-            NoiseTunnel); the caller's state is restored.
+            NoiseTunnel, and for a method whose own ``seed`` defaults to a
+            fresh one, InputAgnosticSaliency); the caller's state is restored.
         overwrite: replace a run with other settings in ``out`` (only this
             format's files are removed).
         show_progress: progress bar (on rank 0) counting examples.
@@ -144,9 +147,11 @@ def explain_dataset(
             **described, "attribute_kwargs": attribute_kwargs, "target": target_rule, "shard_size": shard_size,
             "seed": seed, "num_examples": n_examples, "names_sha256": _text_digest(names),
             "model_sha256": _tensor_digest(model.state_dict().values()),
+            # other images as many as before: a tensor's content (a dataset is known by its names)
+            **({"data_sha256": _tensor_digest([dataset.tensor])} if isinstance(dataset, TensorItems) else {}),
         })
         _together(world, lambda: rank != 0 or _prepare(out, settings, names, plan, overwrite))
-        mine = [p for p in plan if p[0] % world == rank and not (out / shard_file_name(p[0])).is_file()]
+        mine = [p for p in plan if p[0] % world == rank and _to_compute(out, *p)]
 
         def run_shards() -> None:
             loader = DataLoader(dataset, batch_sampler=[list(range(s, e)) for _, s, e in mine],
@@ -157,7 +162,10 @@ def explain_dataset(
                 for (k, start, stop), batch in zip(mine, loader):
                     inputs, labels = split_batch(batch)
                     if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
-                        raise InvalidArgumentError(f"data: examples {start}-{stop - 1} hold NaN or infinite values")
+                        first = start + int((~torch.isfinite(inputs.reshape(len(inputs), -1))).any(1).nonzero()[0])
+                        named = "" if names[first] == str(first) else f" ({names[first]})"
+                        raise InvalidArgumentError(f"data: examples {start}-{stop - 1} hold NaN or infinite values; "
+                                                   f"the first is example {first}{named}")
                     inputs = inputs.to(device)
                     targets = targets_for(model, inputs, labels, start, stop)
                     with seeded_global_rng(_shard_seed(seed, k), devices):
@@ -169,6 +177,18 @@ def explain_dataset(
         _together(world, run_shards)
         _together(world, lambda: rank != 0 or _finish(out))
     return read_explanations(out)
+
+
+def _to_compute(out: Path, k: int, start: int, stop: int) -> bool:
+    """Whether shard ``k`` is to be computed: its file is missing or damaged (a warning names it)."""
+    path = out / shard_file_name(k)
+    if not path.is_file():
+        return True
+    why = _shard_damage(out, {"file": path.name, "start": start, "stop": stop})
+    if why is not None:
+        warnings.warn(f"explain_dataset: {path.name} in {str(out)!r} is damaged ({why}); it is computed again",
+                      RuntimeWarning, stacklevel=3)
+    return why is not None
 
 
 def _process_group() -> Tuple[int, int]:
@@ -284,7 +304,11 @@ def _prepare_folder(out: Path, settings: Dict[str, Any], names: List[str], plan,
     if index_path.is_file():
         try:
             existing = json.loads(index_path.read_text())
-        except json.JSONDecodeError:
+        except ValueError as error:  # cut short, or not text: not a run with "other settings"
+            if not overwrite:
+                raise InvalidArgumentError(
+                    f"out: {str(index_path)!r} is damaged (not JSON: {error}); the shards cannot be matched to "
+                    "their settings: start again with overwrite=True (--force on the command line)") from None
             existing = {}
     if overwrite:
         for path in out.iterdir() if out.is_dir() else ():

@@ -5,8 +5,9 @@ A folder written by :func:`~captum_global.explain.explain_dataset` holds:
 - ``index.json``: ``format`` (``"captum_global.explanations/1"``),
   ``complete`` (false while a run is unfinished), ``settings`` (method,
   its source, layer, attribute keywords, target rule, shard size, seed, and
-  SHA-256 digests of the model's weights and of the example names: a rerun
-  with the same settings resumes, any other is refused), ``num_examples``,
+  SHA-256 digests of the model's weights, of the example names and of a
+  tensor's content: a rerun with the same settings resumes, any other is
+  refused), ``num_examples``,
   ``shard_size``, ``num_shards``, ``names`` (one per example: file names
   relative to the image folder, else the dataset index), and once
   complete ``targets`` (the class explained for each example),
@@ -27,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -116,15 +117,43 @@ def read_explanations(folder: Union[str, Path]) -> Explanations:
     path = folder / INDEX_FILE
     if not path.is_file():
         raise InvalidArgumentError(f"folder: no {INDEX_FILE} in {str(folder)!r}")
-    index = json.loads(path.read_text())
-    if index.get("format") != FORMAT:
-        raise InvalidArgumentError(f"folder: {str(path)!r} has format {index.get('format')!r}, expected {FORMAT!r}")
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as error:  # cut short, or not text
+        raise InvalidArgumentError(f"folder: {str(path)!r} is damaged (not JSON: {error})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        found = index.get("format") if isinstance(index, dict) else None
+        raise InvalidArgumentError(f"folder: {str(path)!r} has format {found!r}, expected {FORMAT!r}")
     if not index.get("complete"):
         raise InvalidArgumentError(f"folder: the run in {str(folder)!r} is unfinished; rerun it to resume")
     missing = [s["file"] for s in index["shards"] if not (folder / s["file"]).is_file()]
     if missing:
         raise InvalidArgumentError(f"folder: {len(missing)} shard file(s) missing from {str(folder)!r}: {missing[:8]}")
+    damaged = [(s["file"], why) for s in index["shards"] if (why := _shard_damage(folder, s)) is not None]
+    if damaged:
+        names = ", ".join(name for name, _ in damaged[:8])
+        first = damaged[0][1] if len(damaged) == 1 else f"{damaged[0][0]}: {damaged[0][1]}"
+        raise InvalidArgumentError(f"folder: {names} in {str(folder)!r} {'is' if len(damaged) == 1 else 'are'} "
+                                   f"damaged ({first}); rerun the same call or command to compute it again")
     return Explanations(folder, index)
+
+
+def _shard_damage(folder: Path, shard: Dict[str, Any]) -> Optional[str]:
+    """Why the file of ``shard`` (an entry of the index's ``shards``) is not a whole shard of its examples,
+    or None. Reads the header and the indices only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(folder / shard["file"]), framework="pt") as handle:
+            indices = handle.get_tensor("indices").tolist()
+            sizes = {handle.get_slice(name).get_shape()[0] for name in ("attributions", "targets")}
+    except (SafetensorError, OSError, IndexError) as error:
+        return f"not a whole shard file: {(str(error).strip().splitlines() or [type(error).__name__])[0]}"
+    expected = list(range(shard["start"], shard["stop"]))
+    if indices != expected or sizes != {len(expected)}:
+        held = f"{indices[0]}-{indices[-1]}" if indices else "none"
+        return f"it holds examples {held}, not {expected[0]}-{expected[-1]}"
+    return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -147,7 +176,7 @@ def _tensor_digest(tensors) -> str:
     for tensor in tensors:
         t = tensor.detach().cpu().contiguous()
         digest.update(str((t.dtype, tuple(t.shape))).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # no copy of the data
     return digest.hexdigest()
 
 

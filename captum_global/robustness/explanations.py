@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from captum_global._checks import check_int, check_model_weights, check_tensor
 from captum_global._maps import minmax_normalise, resize_maps
 from captum_global._model_state import HookBag, autograd_on, find_module, preserved_model_state
+from captum_global._seeding import check_seed, draw_uniform, make_generator
 from captum_global._targets import parse_target
 from captum_global.attr import select_sise_layers
 from captum_global.attr._fusion import fuse_layer_maps
@@ -68,7 +69,8 @@ class DifferentiableExplanation:
             target (int, list, tuple or Tensor): the class per example, any
                 form Captum accepts.
             generator (torch.Generator, optional): for explanations that draw
-                random numbers (:class:`SoftSISESurrogate`).
+                random numbers (:class:`SoftSISESurrogate`); without one they
+                draw fresh numbers, never from the global generator.
 
         Returns:
             Tensor: ``[N, H, W]`` non-negative maps that keep their graph to
@@ -91,6 +93,20 @@ class DifferentiableExplanation:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _graph_input(inputs: Tensor) -> Tensor:
+    """A copy of ``inputs`` in the graph (a non-leaf): a model that works on its input in place
+    (``x.sub_(mean)``) neither fails on a leaf that requires grad nor changes the caller's tensor."""
+    return inputs.detach().requires_grad_(True).clone()
+
+
+def _captured(keep: Callable[[Tensor], Any], out: Any) -> Any:
+    """Forward-hook body: ``keep(out)`` and let the model go on with a copy, so that an in-place op
+    after the layer (a ReLU(inplace=True) after a hooked convolution) cannot overwrite the activations
+    that are differentiated and weighed (as SISE's own hooks do)."""
+    keep(out)
+    return out.clone() if isinstance(out, Tensor) else None
 
 
 def _layer_name(model: nn.Module, layer: Layer, argument: str) -> str:
@@ -142,9 +158,9 @@ class GradCAMExplanation(DifferentiableExplanation):
         captured: List[Tensor] = []
         with HookBag() as bag:
             module = find_module(model, bound.layer, "layer")
-            bag.add(module.register_forward_hook(lambda m, i, out: captured.append(out)))
+            bag.add(module.register_forward_hook(lambda m, i, out: _captured(captured.append, out)))
             # the input needs a graph even when every weight is frozen (the original model)
-            output = model(inputs.detach().requires_grad_(True))
+            output = model(_graph_input(inputs))
         if len(captured) != 1 or not isinstance(captured[0], Tensor) or captured[0].dim() != 4:
             raise InvalidArgumentError(f"layer {bound.layer!r} must run once per forward pass and return [N, C, h, w]")
         act = captured[0]
@@ -176,7 +192,7 @@ class GradientExplanation(DifferentiableExplanation):
 
     def maps(self, model, inputs, targets, generator):
         x = inputs.detach().requires_grad_(True)
-        score = targets.select(model(x)).sum()
+        score = targets.select(model(x.clone())).sum()  # a copy: the model may work on its input in place
         (grad,) = torch.autograd.grad(score, x, create_graph=True)
         return grad.abs().sum(dim=1)
 
@@ -245,8 +261,9 @@ class SoftSISESurrogate(DifferentiableExplanation):
         with HookBag() as bag:
             for name in names:
                 module = find_module(model, name, "layers")
-                bag.add(module.register_forward_hook(lambda m, i, out, name=name: acts.setdefault(name, out)))
-            output = model(inputs.detach().requires_grad_(True))
+                bag.add(module.register_forward_hook(
+                    lambda m, i, out, name=name: _captured(lambda a: acts.setdefault(name, a), out)))
+            output = model(_graph_input(inputs))
         score = targets.select(output).sum()
         alphas = torch.autograd.grad(score, [acts[n] for n in names], retain_graph=True)
         n, size = inputs.shape[0], tuple(inputs.shape[-2:])
@@ -272,7 +289,9 @@ def _sample_kept(act: Tensor, alpha: Tensor, k: int, generator: Optional[torch.G
     keep = (alpha > 0) & alive
     best = torch.where(alive, alpha, torch.full_like(alpha, -math.inf)).argmax(dim=1)
     keep[torch.arange(keep.shape[0]), best] |= ~keep.any(dim=1) & alive.any(dim=1)
-    noise = torch.rand(keep.shape, generator=generator).to(act.device)
+    if generator is None:  # fresh masks at every call, never drawn from (or advancing) the caller's global RNG
+        generator = make_generator(check_seed(None))
+    noise = draw_uniform(keep.shape, generator).to(act.device)  # float32 whatever the default dtype
     rank = torch.where(keep, noise, torch.full_like(noise, 2.0)).argsort(dim=1).argsort(dim=1)
     chosen = keep & (rank < k)
     return chosen.nonzero(as_tuple=True)
@@ -287,11 +306,12 @@ EXPLANATIONS: Mapping[str, Callable[[], DifferentiableExplanation]] = MappingPro
 
 
 def differentiable_explanation(explanation: Any, argument: str = "explanation") -> DifferentiableExplanation:
-    """Resolve ``explanation`` (a name, a :class:`DifferentiableExplanation` or a callable).
+    """Resolve ``explanation`` (a name, a :class:`DifferentiableExplanation` or its class, or a callable).
 
-    A Captum attribution object (``LayerGradCam``, ``Saliency``, ``SISE``,
-    ...) is refused with a message saying why: it returns maps detached
-    from the weights, so no fooling penalty can reach them.
+    A class of ours stands for its default settings, as its name does. A
+    Captum attribution object or class (``LayerGradCam``, ``Saliency``,
+    ``SISE``, ...) is refused with a message saying why: it returns maps
+    detached from the weights, so no fooling penalty can reach them.
     """
     from captum.attr import Attribution
 
@@ -302,14 +322,21 @@ def differentiable_explanation(explanation: Any, argument: str = "explanation") 
         return EXPLANATIONS[explanation]()
     if isinstance(explanation, DifferentiableExplanation):
         return explanation
-    if isinstance(explanation, Attribution):
+    is_class = isinstance(explanation, type)
+    if is_class and issubclass(explanation, DifferentiableExplanation):
+        return explanation()
+    if isinstance(explanation, Attribution) or (is_class and issubclass(explanation, Attribution)):
         why = ("SISE scores its masks without gradients and fuses them through a hard Otsu gate; "
                "use 'soft_sise' (SoftSISESurrogate) to attack it"
                if explanation.get_name() == "SISE" else
                "Captum attributions return maps detached from the model's weights")
+        name = explanation.__name__ if is_class else type(explanation).__name__
         raise InvalidArgumentTypeError(
-            f"{argument}: {type(explanation).__name__} is not differentiable with respect to the model's "
+            f"{argument}: {name} is not differentiable with respect to the model's "
             f"weights ({why}); pass one of {tuple(EXPLANATIONS)} or a DifferentiableExplanation")
+    if is_class:  # called as fn(model, inputs, target) it would build an object, never return maps
+        raise InvalidArgumentTypeError(f"{argument}: the class {explanation.__name__} is neither a "
+                                       "DifferentiableExplanation nor a function (model, inputs, target) -> maps")
     if callable(explanation):
         return _CallableExplanation(explanation)
     raise InvalidArgumentTypeError(f"{argument} must be a name, a DifferentiableExplanation or a callable "

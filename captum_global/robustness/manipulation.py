@@ -130,10 +130,10 @@ def fooling_penalty(fooling: str, maps: Tensor, reference: Optional[Tensor] = No
         raise InvalidArgumentError(f"reference maps are required for {fooling} fooling")
     h, h_ref = _paired(normalised_maps(maps), normalised_maps(_detached(reference), "reference"))
     if fooling == "top_k":
-        fraction = check_number(top_k_fraction, "fraction", 0.0, 1.0, min_inclusive=False)
+        fraction = check_number(top_k_fraction, "top_k_fraction", 0.0, 1.0, min_inclusive=False)
         return _mass_on(h, _top_k(h_ref, fraction)).mean()
     if fooling == "center_mass":
-        far = (_centre(h_ref) < 0.5).to(maps.dtype)  # the far corner, in image sides
+        far = (_centre(h_ref) < 0.5).to(h.dtype)  # the far corner, in image sides (maps may be a 1-tuple)
         return (_centre(h) - far).abs().sum(dim=1).mean()
     if maps_second is None or reference_second is None:
         raise InvalidArgumentError("active fooling needs the maps of both classes")
@@ -181,10 +181,11 @@ def manipulate_model(
         data (iterable): batches ``(inputs, labels)`` (e.g. a DataLoader),
             cycled for ``steps`` steps; the explained class is the label.
         explanation (str, DifferentiableExplanation or callable):
-            ``"grad_cam"``, ``"gradient"``, ``"soft_sise"``, an instance, or
+            ``"grad_cam"``, ``"gradient"``, ``"soft_sise"``, an instance (or
+            its class, for the default settings), or
             ``fn(model, inputs, target) -> maps`` differentiable in the
             weights. A non-differentiable one (any Captum attribution
-            object, SISE, a detached map) raises an error.
+            object or class, SISE, a detached map) raises an error.
         fooling (str): ``"location"`` (move the map's mass onto ``region``),
             ``"top_k"`` (off the pixels that held the original top
             ``top_k_fraction``), ``"center_mass"`` (move its centre of mass
@@ -265,7 +266,7 @@ def manipulate_model(
         optimiser = torch.optim.Adam(params, lr=lr)
         history: Dict[str, List[float]] = {"loss": [], "classification_loss": [], "fooling_loss": []}
         checkpoints: List[Dict[str, float]] = []
-        kept_state, kept_step, step_seconds = None, 0, 0.0
+        kept_state, kept_step, step_seconds, last_check = None, 0, 0.0, 0
         start = time.perf_counter()
         batches, fooling_batches = _cycle(data), (None if fooling_data is None else _cycle(fooling_data))
         for step in tqdm(range(1, steps + 1), disable=not show_progress, desc=f"{fooling} fooling"):
@@ -285,7 +286,8 @@ def manipulate_model(
                 history[key].append(float(value.detach()))
             if step % eval_every == 0 or step == steps:
                 accuracy = _accuracy(fooled, eval_data)
-                recent = history["fooling_loss"][-eval_every:]
+                recent = history["fooling_loss"][last_check:]  # since the last check (the final one may be closer)
+                last_check = step
                 checkpoints.append({"step": step, "accuracy": accuracy, "fooling_loss": sum(recent) / len(recent)})
                 if max_accuracy_drop is None or accuracy_before - accuracy <= max_accuracy_drop + 1e-12:
                     kept_state, kept_step = copy.deepcopy(fooled.state_dict()), step
