@@ -20,7 +20,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 from captum_global._checks import check_finite, check_tensor
-from captum_global._maps import minmax_normalise, to_heatmap
+from captum_global._maps import minmax_normalise, resize_maps, to_heatmap
 from captum_global.errors import InvalidArgumentError
 
 __all__ = ["explanation_gallery", "class_map_grid", "synthetic_set_grid", "classwise_sets_figure", "save"]
@@ -30,6 +30,16 @@ def _hwc(image: Tensor) -> np.ndarray:
     return image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def _show(ax, image: Tensor) -> None:
+    """Draw a ``[C, H, W]`` image in [0, 1] as it is: colour as RGB, one channel in grey on the fixed
+    [0, 1] scale (imshow would draw it in false colour, stretched to its own range)."""
+    pixels = _hwc(image)
+    if pixels.shape[2] == 1:
+        ax.imshow(pixels[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        ax.imshow(pixels)
+
+
 def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
     """Draw one heat map over its image with Captum's visualiser."""
     heat = heatmap.detach().float().cpu()
@@ -37,7 +47,7 @@ def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
         # A map with no signal (all zero, or constant up to round-off): Captum's
         # normaliser would divide by zero or stretch a constant to full heat,
         # so show the plain image and say so.
-        ax.imshow(_hwc(image))
+        _show(ax, image)
         title = f"{title}\n(empty map)"
     else:
         captum_viz.visualize_image_attr(
@@ -56,6 +66,13 @@ def _checked_heatmaps(maps: Tensor, argument: str, count: int, sign: str, per: s
     if heat.shape[0] != count:
         raise InvalidArgumentError(f"{argument} holds {heat.shape[0]} map(s) for {count} {per}")
     return heat
+
+
+def _check_row_names(class_names: Sequence[str], rows: int) -> None:
+    """A caption for every row (class_names is indexed by row)."""
+    if isinstance(class_names, str) or len(class_names) < rows:
+        count = "a string" if isinstance(class_names, str) else f"{len(class_names)} name(s)"
+        raise InvalidArgumentError(f"class_names holds {count} for {rows} class row(s): give one name per row")
 
 
 def _box_of(highlight: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -90,9 +107,10 @@ def explanation_gallery(
     """One row per image: the image (with its box), then one map per method.
 
     Args:
-        images: ``[N, 3, H, W]`` in [0, 1].
+        images: ``[N, 3, H, W]`` in [0, 1] (``[N, 1, H, W]``: drawn in grey).
         attributions: method name -> attribution tensor following Captum's
-            shape rules (``[N, C, H, W]`` or ``[N, H, W]``).
+            shape rules (``[N, C, H, W]`` or ``[N, H, W]``; a layer
+            method's ``[N, 1, h, w]`` maps are upsampled to the images' size).
         boxes: optional ``[N, 4]`` ground-truth boxes ``(x0, y0, x1, y1)``.
         row_titles: optional caption for each image (e.g. the class).
         scores: optional method name -> metric name -> per-image values,
@@ -115,14 +133,17 @@ def explanation_gallery(
     images = check_tensor(images, "images", dims=(4,))
     n = images.shape[0]
     names = list(attributions)
-    heatmaps = {name: _checked_heatmaps(attr, f"attributions[{name!r}]", n, "positive", "image(s)")
+    # at the image's size (a layer method's [N, 1, h, w] maps upsampled bilinearly, as Captum's
+    # LayerAttribution.interpolate): drawn at their own size they would cover a corner of the image
+    heatmaps = {name: resize_maps(_checked_heatmaps(attr, f"attributions[{name!r}]", n, "positive", "image(s)")
+                                  .float()[:, None], tuple(images.shape[-2:]))[:, 0]
                 for name, attr in attributions.items()}
     if row_titles is not None and len(row_titles) != n:
         raise InvalidArgumentError(f"row_titles holds {len(row_titles)} caption(s) for {n} image(s)")
     fig, axes = _grid(n, len(names) + 1, (1.9 * (len(names) + 1), 2.1 * n))
     for i in range(n):
         ax = axes[i, 0]
-        ax.imshow(_hwc(images[i]))
+        _show(ax, images[i])
         if boxes is not None:
             _draw_box(ax, boxes[i])
         ax.set_title(row_titles[i] if row_titles else "input", fontsize=7)
@@ -194,12 +215,14 @@ def synthetic_set_grid(images_by_class: Tensor, class_names: Sequence[str], titl
     Returns:
         matplotlib.figure.Figure
     """
+    images_by_class = check_tensor(images_by_class, "images_by_class", dims=(5,))
     n_classes, per_class = images_by_class.shape[:2]
+    _check_row_names(class_names, n_classes)
     fig, axes = _grid(n_classes, per_class, (1.6 * per_class + 0.6, 1.6 * n_classes))
     for c in range(n_classes):
         for k in range(per_class):
             ax = axes[c, k]
-            ax.imshow(_hwc(images_by_class[c, k]))
+            _show(ax, images_by_class[c, k])
             ax.set_xticks([])
             ax.set_yticks([])
             if k == 0:
@@ -255,8 +278,17 @@ def classwise_sets_figure(
         stretch: draw each synthetic image min-max stretched to [0, 1] (its
             contrast, not its content, changes; say so in the title).
     """
+    # finite: a NaN pixel would blank its panel, and with stretch or a change map its whole row's scale
+    images_by_class = check_tensor(images_by_class, "images_by_class", dims=(5,))
+    if initial_images is not None:
+        initial_images = check_tensor(initial_images, "initial_images", dims=(5,))
+    if real_examples is not None:
+        real_examples = check_tensor(real_examples, "real_examples", dims=(5,))
+    if confidence is not None:
+        confidence = check_tensor(confidence, "confidence")
     syn = images_by_class[:, :max_images]
     n_classes, n_syn = syn.shape[:2]
+    _check_row_names(class_names, n_classes)
     n_change = n_syn if initial_images is not None else 0
     n_real = 0 if real_examples is None else min(real_examples.shape[1], max_images)
     blocks = [("syn", n_syn)] + ([("change", n_change)] if n_change else []) + ([("real", n_real)] if n_real else [])
@@ -281,7 +313,7 @@ def classwise_sets_figure(
                     image = syn[c, k]
                     if stretch:
                         image = (image - image.min()) / (image.max() - image.min()).clamp_min(1e-12)
-                    ax.imshow(_hwc(image))
+                    _show(ax, image)
                     label = None
                     if captions is not None:
                         label = captions[c][k]
@@ -296,7 +328,7 @@ def classwise_sets_figure(
                     if c == 0:
                         ax.set_title("|change|", fontsize=7, pad=2)
                 else:
-                    ax.imshow(_hwc(real_examples[c, k]))
+                    _show(ax, real_examples[c, k])
                     if c == 0:
                         ax.set_title("real", fontsize=7, pad=2)
                 if box is not None and kind != "real":

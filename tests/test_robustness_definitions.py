@@ -49,12 +49,7 @@ from captum_global.robustness import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_robustness import one_thread  # noqa: E402,F401  (autouse: one thread for these tiny models)
 
 
 def _rand(*shape, seed=0, low=0.0, high=1.0):

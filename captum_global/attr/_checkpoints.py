@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -155,7 +155,11 @@ def resolve_checkpoints(model: nn.Module, checkpoints: Any,
         found = []
         _flatten(checkpoints, argument, found)
     if not found:
-        raise InvalidArgumentError(f"{argument} holds no checkpoint")
+        # a generator (or any iterator) is read once: passed again, it is empty
+        raise InvalidArgumentError(
+            f"{argument} holds no checkpoint"
+            + (" (a generator or iterator is read only once: was it used by an earlier run? Pass a list, "
+               "or a callable that returns a fresh generator)" if isinstance(checkpoints, Iterator) else ""))
     persistent = list(model.state_dict().keys())
     live = {t.untyped_storage().data_ptr() for t in own.values() if t.numel()}
     points, labels = [], []

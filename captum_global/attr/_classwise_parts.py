@@ -299,4 +299,4 @@ def run_gradient_matching(model: nn.Module, rg: ClassGradients, start: Tensor, *
         step()
         for z in leaves:
             param.project(z)
-    return torch.stack([param.decode(z).detach() for z in leaves]), history
+    return torch.stack([param.result(z, x0, iterations) for z, x0 in zip(leaves, start)]), history

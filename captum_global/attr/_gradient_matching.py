@@ -19,6 +19,7 @@ flags and their ``.grad`` fields are never touched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -276,6 +277,16 @@ def split_batch(batch, seen: int = 0) -> Tuple[Tensor, Tensor]:
     return x, y.long()
 
 
+def content_keys(x: Tensor, seed: int) -> Tensor:
+    """A pseudo-random key in ``[0, 1)`` per example (float64), a hash of its values and ``seed`` alone:
+    examples chosen or ordered by these keys do not depend on the order, batching or sharding of the
+    DataLoader that yields them (identical examples get equal keys)."""
+    rows = x.detach().cpu().contiguous().reshape(x.shape[0], -1).view(torch.uint8).numpy()
+    salt = int(seed).to_bytes(8, "little")
+    return torch.tensor([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=7, key=salt).digest(), "little")
+                         / 2.0**56 for row in rows], dtype=torch.float64)
+
+
 def _rank_world() -> Tuple[int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -323,11 +334,10 @@ def stream_class_gradients(
     rank, world = _rank_world()
     gen = torch.Generator().manual_seed(seed)
     # One random key per global index: the kept real examples do not depend
-    # on the number of processes (a user DataLoader gets keys by position).
+    # on the number of processes (a user DataLoader's examples get keys from
+    # their values: neither its order, shuffled or not, nor its sharding matters).
     if index is not None:
         global_keys = draw_uniform((len(data),), gen)
-    else:
-        gen.manual_seed(seed + 7919 * rank)
     sums = counts = None
     pools: Dict[int, List] = {}
     num_outputs = input_shape = dtype = None
@@ -348,7 +358,7 @@ def stream_class_gradients(
             counts = torch.zeros(len(classes), groups, dtype=torch.float64, device=device)
         _check_labels(y, num_outputs)
         if keep_real:
-            keys = global_keys[index[seen:seen + len(y)]] if index is not None else draw_uniform((len(y),), gen)
+            keys = global_keys[index[seen:seen + len(y)]] if index is not None else content_keys(x, seed)
         seen += len(y)
         for ci, c in enumerate(classes):
             sel = y == c
@@ -450,7 +460,8 @@ def stream_class_features(model: nn.Module, data, classes: Sequence[int], featur
         if num_outputs is not None:
             _check_labels(y, num_outputs)
         f = features(x).cpu()
-        position = (index[seen:seen + len(y)] if index is not None else torch.arange(seen, seen + len(y)))
+        # a DataLoader's examples are put in the order of their content keys: the same whatever order it yields
+        position = index[seen:seen + len(y)] if index is not None else content_keys(x, 0)
         for c in classes:
             sel = (y == c).cpu()
             found[c].append(f[sel])
@@ -461,7 +472,7 @@ def stream_class_features(model: nn.Module, data, classes: Sequence[int], featur
     if world > 1:
         gathered: List[Optional[Dict]] = [None] * world
         torch.distributed.all_gather_object(gathered, out)
-        out = {c: (torch.cat([part[c][0] + (0 if index is not None else r * 10**12) for r, part in enumerate(gathered)]),
+        out = {c: (torch.cat([part[c][0] for part in gathered]),
                    torch.cat([part[c][1] for part in gathered])) for c in classes}
     return {c: f[torch.argsort(pos)] for c, (pos, f) in out.items()}
 

@@ -67,6 +67,16 @@ class Parametrization:
         return torch.fft.irfft2(torch.view_as_complex(z) * self.scale, s=self.size, norm="ortho")
 
     @torch.no_grad()
+    def result(self, z: Tensor, start: Tensor, steps: int) -> Tensor:
+        """The inputs ``z`` stands for after ``steps`` optimisation steps from ``start``: ``start`` itself
+        when no step was taken, and inside ``value_range`` (decoding the spectrum rounds by about 1e-7,
+        which would step just outside the range :meth:`project` clamped it to)."""
+        if steps == 0:
+            return start.detach().clone()
+        x = self.decode(z).detach()
+        return x.clamp(*self.value_range) if self.value_range is not None else x
+
+    @torch.no_grad()
     def project(self, z: Tensor) -> None:
         if self.value_range is None:
             return

@@ -151,7 +151,7 @@ def run_trajectory_matching(model: nn.Module, points: Sequence[WeightPoint], nam
         opt.step()
         schedule.step()
         param.project(leaf)
-    return param.decode(leaf).detach(), log_scales.detach(), history
+    return param.result(leaf, start, iterations), log_scales.detach(), history
 
 
 def trajectory_mode(model: nn.Module, rg: ClassGradients, start: Tensor, *, gap: int, steps: int, batch,

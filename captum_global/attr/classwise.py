@@ -85,7 +85,9 @@ class ClassWiseSynthesis(Attribution):
     inputs, and returns a :class:`ClassWiseResult`. The model is never
     modified (gradients are taken on copies of the weights through
     :func:`torch.func.functional_call`, in eval mode), and the caller's
-    global random state is left as found.
+    global random state is left as found. A ``torch.compile``'d model is run
+    as the module it wraps (compiled graphs take no second derivative); a
+    TorchScript module is refused.
 
     Examples::
 
@@ -113,7 +115,18 @@ class ClassWiseSynthesis(Attribution):
     def __init__(self, model: nn.Module) -> None:
         check_module(model, "model", "its weights are differentiated")
         # weights are differentiated through functional calls, which nn.DataParallel refuses: use its module
-        super().__init__(unwrap_parallel(model))
+        model = unwrap_parallel(model)
+        if isinstance(model, torch.jit.ScriptModule):
+            raise InvalidArgumentTypeError(
+                f"model is a TorchScript module ({type(model).__name__}): class-wise synthesis calls the model on "
+                "copies of its weights (torch.func.functional_call), which TorchScript refuses. Pass the eager "
+                "nn.Module (rebuilt from its state dict); torch.compile'd models are supported")
+        # torch.compile's graphs refuse the double backward of gradient matching: run the module it wraps
+        # (the same weights and submodules; checkpoints saved from the wrapper carry an _orig_mod. prefix)
+        original = getattr(model, "_orig_mod", None)
+        if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+            model = unwrap_parallel(original)
+        super().__init__(model)
 
     @classmethod
     def get_name(cls) -> str:
@@ -243,7 +256,9 @@ class ClassWiseSynthesis(Attribution):
                         ``(input, label)`` (read in order, ``batch_size`` at a
                         time, sharded across processes under torch.distributed),
                         a DataLoader yielding ``(inputs, labels)`` batches (read
-                        as is: shard it yourself), or the result of
+                        as is: shard it yourself; its kept real examples and
+                        groups are chosen by a seeded hash of each example's
+                        values, whatever order it yields), or the result of
                         :meth:`real_class_gradients` (then ``parameters`` and
                         ``checkpoints`` must be None). Never held in memory.
                         Inputs must be floating point and finite.
@@ -263,9 +278,10 @@ class ClassWiseSynthesis(Attribution):
             checkpoints: the training trajectory, in training order: one
                         state dict, a file (``.safetensors`` or
                         ``torch.load(weights_only=True)``; one state dict or a
-                        list of them), a model, a list of these, or a callable
-                        returning / yielding them. None: the model's own weights
-                        only (gradient mode; the result's ``note`` says so).
+                        list of them), a model, a list or an iterator (read once)
+                        of these, or a callable returning / yielding them. None:
+                        the model's own weights only (gradient mode; the
+                        result's ``note`` says so).
             distance (str): gradient mode: ``"cosine"`` (per output unit
                         ``1 - cos`` of the weight-gradient rows, summed) or
                         ``"mse"``. 1-D parameters are left out.
@@ -275,7 +291,8 @@ class ClassWiseSynthesis(Attribution):
                         Weights the eval-mode forward pass never reaches (an
                         auxiliary head such as Inception's) have no gradient
                         and are left out.
-            iterations (int): optimisation steps of the synthetic set.
+            iterations (int): optimisation steps of the synthetic set (0: the
+                        starting inputs are returned as they are).
             lr (float, optional): its learning rate, decayed to 0 on a cosine
                         schedule. Default: 0.003 for Adam, 0.1 for SGD (gradient
                         mode); 0.01 with Adam (trajectory mode).
@@ -293,7 +310,8 @@ class ClassWiseSynthesis(Attribution):
                         classifies the set as its classes (an added step, not
                         part of the paper's matching).
             value_range (tuple, optional): inputs are clamped into
-                        ``(low, high)`` after every step; None: no clamp.
+                        ``(low, high)`` after every step (the returned ones too);
+                        None: no clamp.
             augment (callable, optional): a differentiable map applied to the
                         synthetic batch before every forward pass of the
                         optimisation (the real side is not augmented). It may

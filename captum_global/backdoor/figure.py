@@ -3,6 +3,7 @@ from typing import Mapping, Optional, Sequence
 
 from torch import Tensor
 
+from captum_global._checks import check_finite
 from captum_global.backdoor._common import check_trigger_mask
 from captum_global.backdoor.result import BackdoorScan
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError
@@ -68,8 +69,12 @@ def scan_figure(
             if j >= len(scan.classes):
                 continue
             c = scan.classes[j]
-            image = ((stamps[j] - low) / max(high - low, 1e-12)).permute(1, 2, 0).numpy()
-            ax.imshow(image if image.shape[2] == 3 else image[..., 0], cmap=None if image.shape[2] == 3 else "gray")
+            # one [0, 1] scale per row (mid-grey for a row with no contrast at all), never each panel stretched
+            # to its own range, as imshow would stretch a one-channel image
+            scaled = (stamps[j] - low) / (high - low) if high > low else stamps[j].new_full(stamps[j].shape, 0.5)
+            image = scaled.permute(1, 2, 0).numpy()
+            ax.imshow(image if image.shape[2] == 3 else image[..., 0], cmap=None if image.shape[2] == 3 else "gray",
+                      vmin=0.0, vmax=1.0)
             if planted is not None:
                 ys, xs = planted.nonzero(as_tuple=True)
                 ax.add_patch(Rectangle((float(xs.min()) - 0.5, float(ys.min()) - 0.5),
@@ -97,6 +102,9 @@ def _check_figure_arguments(scans, class_names) -> None:
     for label, scan in scans.items():
         if not isinstance(scan, BackdoorScan):
             raise InvalidArgumentTypeError(f"scans[{label!r}] must be a BackdoorScan, got {type(scan).__name__}")
+        # a NaN would blank its panel and, through the row's value range, every panel of the row
+        check_finite(scan.trigger_masks, f"scans[{label!r}].trigger_masks")
+        check_finite(scan.trigger_patterns, f"scans[{label!r}].trigger_patterns")
     if class_names is not None:
         top = max(max(scan.classes) for scan in scans.values())
         if isinstance(class_names, str) or len(class_names) <= top:

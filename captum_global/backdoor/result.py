@@ -1,4 +1,5 @@
 """The result of a backdoor scan: per-class statistics, flags and suspected triggers."""
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -40,8 +41,10 @@ class BackdoorScan:
             in ``[0, 1]`` (where it is stamped).
         trigger_patterns: ``[K, C, H, W]`` the suspected trigger's pattern
             per class (what is stamped there), in the input's value range.
-        attack_success: ``[K]`` share of the held-out inputs that the
-            class's suspected trigger flips to the class.
+        attack_success: ``[K]`` share of the judging inputs that the
+            class's suspected trigger flips to the class (the clean inputs,
+            or the noise images without them; for ``scan_for_backdoor``
+            with ``held_out`` > 0 only the held-out share of them).
         localisation: name -> ``[K]`` agreement of each suspected trigger
             with the planted one, when ``trigger_mask`` was given
             (``"energy_share"``: share of the mask's mass on the region;
@@ -91,7 +94,7 @@ class BackdoorScan:
             "localisation": {k: _floats(v, 4) for k, v in self.localisation.items()},
             "num_evaluations": int(self.num_evaluations),
             "seconds": round(float(self.seconds), 3),
-            "settings": self.settings,
+            "settings": copy.deepcopy(self.settings),  # a copy: editing the summary leaves the result alone
         }
 
     def summary(self) -> str:

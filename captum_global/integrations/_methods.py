@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import captum.attr
 import numpy as np
 import torch
-from captum.attr import Attribution, NoiseTunnel
+from captum.attr import Attribution, GradientAttribution, NoiseTunnel
 from torch import Tensor, nn
 
 import captum_global.attr
@@ -139,13 +139,18 @@ class BoundMethod:
         input_agnostic: True when the method never reads the input values
             (InputAgnosticSaliency, also inside a NoiseTunnel).
         takes_seed: True when its ``attribute`` has a ``seed`` argument.
+        takes_apply_softmax: True when its ``attribute`` has an
+            ``apply_softmax`` argument (RISE): a softmax over the model's
+            outputs on top of the explained score.
     """
 
-    def __init__(self, run: Callable[..., Tensor], input_agnostic: bool, takes_seed: bool, kwargs_allowed: bool):
+    def __init__(self, run: Callable[..., Tensor], input_agnostic: bool, takes_seed: bool, kwargs_allowed: bool,
+                 takes_apply_softmax: bool = False):
         self._run = run
         self.input_agnostic = input_agnostic
         self.takes_seed = takes_seed
         self.kwargs_allowed = kwargs_allowed
+        self.takes_apply_softmax = takes_apply_softmax
 
     def __call__(self, inputs: Tensor, target: Any, **attribute_kwargs: Any) -> Tensor:
         if attribute_kwargs and not self.kwargs_allowed:
@@ -162,11 +167,24 @@ def _is_input_agnostic(attribution: Any) -> bool:
     return isinstance(attribution, InputAgnosticSaliency)
 
 
-def _takes_seed(attribution: Any) -> bool:
+def _takes_seed(attribution: Any, name: str = "seed") -> bool:
+    """Whether the method's ``attribute`` (a NoiseTunnel's inner method's) has the keyword ``name``."""
     target = attribution.attribution_method if isinstance(attribution, NoiseTunnel) else attribution
     if isinstance(target, _DefaultLayer):
         return False
-    return "seed" in inspect.signature(target.attribute).parameters
+    return name in inspect.signature(target.attribute).parameters
+
+
+def _grad_ready(inputs: Tensor) -> Tensor:
+    """``inputs`` as a leaf that requires grad, as quantus's and grad-cam's own explainers pass them.
+
+    Captum's gradient methods (Saliency, InputXGradient, DeepLift...) otherwise warn at every call that
+    the input "did not already require gradients", about a tensor the adapter made and the caller never
+    sees. A detached alias: the caller's tensor and its flags are untouched.
+    """
+    if isinstance(inputs, Tensor) and inputs.is_floating_point() and not inputs.requires_grad:
+        return inputs.detach().requires_grad_()
+    return inputs
 
 
 def bind_method(
@@ -217,11 +235,14 @@ def bind_method(
             "method must be an attribution class name, an Attribution class or object, or a line-up MethodSpec; "
             f"got {type(method).__name__}"
         )
+    # gradient methods get a grad-ready input (no Captum warning); perturbation methods the input as it is
+    prepare = _grad_ready if isinstance(attribution, GradientAttribution) else (lambda x: x)
     return BoundMethod(
-        lambda x, t, **kw: attribution.attribute(x, target=t, **kw),
+        lambda x, t, **kw: attribution.attribute(prepare(x), target=t, **kw),
         _is_input_agnostic(attribution),
         _takes_seed(attribution),
         kwargs_allowed=True,
+        takes_apply_softmax=_takes_seed(attribution, "apply_softmax"),
     )
 
 

@@ -13,7 +13,8 @@ Targets: grad-cam's target callables are accepted. A
 callable (``ClassifierOutputSoftmaxTarget``, ``BinaryClassifierOutputTarget``,
 your own) becomes the explained score: while the method runs, a forward
 hook on the model turns each output row into ``target(row)``, example by
-example, and is removed afterwards.
+example, and is removed afterwards (RISE then scores that value as it is:
+its ``apply_softmax`` defaults to False for such targets).
 """
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -250,9 +251,14 @@ class AttributionCAM:
                 "targets: InputAgnosticSaliency optimises a class (cross-entropy over the logits); give "
                 "ClassifierOutputTarget(k) targets"
             )
+        kwargs = dict(self.attribute_kwargs)
+        if self._bound.takes_apply_softmax:
+            # the callable's value is the explained score: no softmax of the method (RISE's default) over
+            # the one hooked output on top (a softmax over one class is 1 whatever the input)
+            kwargs.setdefault("apply_softmax", False)
         with HookBag() as bag:
             bag.add(self.model.register_forward_hook(_scored_by(target)))
-            return self._bound(image, 0, **self.attribute_kwargs)
+            return self._bound(image, 0, **kwargs)
 
     def __enter__(self) -> "AttributionCAM":
         return self
