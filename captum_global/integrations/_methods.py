@@ -167,7 +167,7 @@ def _is_input_agnostic(attribution: Any) -> bool:
     return isinstance(attribution, InputAgnosticSaliency)
 
 
-def _takes_seed(attribution: Any, name: str = "seed") -> bool:
+def _takes_keyword(attribution: Any, name: str) -> bool:
     """Whether the method's ``attribute`` (a NoiseTunnel's inner method's) has the keyword ``name``."""
     target = attribution.attribution_method if isinstance(attribution, NoiseTunnel) else attribution
     if isinstance(target, _DefaultLayer):
@@ -240,9 +240,9 @@ def bind_method(
     return BoundMethod(
         lambda x, t, **kw: attribution.attribute(prepare(x), target=t, **kw),
         _is_input_agnostic(attribution),
-        _takes_seed(attribution),
+        _takes_keyword(attribution, "seed"),
         kwargs_allowed=True,
-        takes_apply_softmax=_takes_seed(attribution, "apply_softmax"),
+        takes_apply_softmax=_takes_keyword(attribution, "apply_softmax"),
     )
 
 
