@@ -31,13 +31,14 @@ def _hwc(image: Tensor) -> np.ndarray:
 
 
 def _show(ax, image: Tensor) -> None:
-    """Draw a ``[C, H, W]`` image in [0, 1] as it is: colour as RGB, one channel in grey on the fixed
-    [0, 1] scale (imshow would draw it in false colour, stretched to its own range)."""
+    """Draw a ``[C, H, W]`` image in [0, 1] as it is: three channels as RGB; any other number (one, or
+    two, four... which imshow cannot draw) as their mean in grey on the fixed [0, 1] scale (imshow would
+    draw one channel in false colour, stretched to its own range)."""
     pixels = _hwc(image)
-    if pixels.shape[2] == 1:
-        ax.imshow(pixels[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-    else:
+    if pixels.shape[2] == 3:
         ax.imshow(pixels)
+    else:
+        ax.imshow(pixels.mean(2), cmap="gray", vmin=0.0, vmax=1.0)
 
 
 def _overlay(ax, image: Tensor, heatmap: Tensor, title: str) -> None:
@@ -107,7 +108,7 @@ def explanation_gallery(
     """One row per image: the image (with its box), then one map per method.
 
     Args:
-        images: ``[N, 3, H, W]`` in [0, 1] (``[N, 1, H, W]``: drawn in grey).
+        images: ``[N, 3, H, W]`` in [0, 1] (other channel counts: their mean drawn in grey).
         attributions: method name -> attribution tensor following Captum's
             shape rules (``[N, C, H, W]`` or ``[N, H, W]``; a layer
             method's ``[N, 1, h, w]`` maps are upsampled to the images' size).
@@ -180,6 +181,8 @@ def class_map_grid(
         matplotlib.figure.Figure
     """
     rows = list(maps_by_model)
+    if not rows:
+        raise InvalidArgumentError("maps_by_model holds no model: give at least one label -> maps entry")
     # each map min-max scaled on its own, as imshow would, except that a map
     # with no signal (constant up to round-off) stays zero, never stretched noise
     heats = {}

@@ -517,3 +517,21 @@ def _with(scan: BackdoorScan, **changes) -> BackdoorScan:
 def test_a_missing_row_caption_is_refused_naming_class_names(draw):
     with pytest.raises(InvalidArgumentError, match="class_names"):
         draw()
+
+
+def test_gallery_draws_an_image_of_two_channels_as_their_mean_in_grey():
+    # imshow draws only one, three or four channels: any count other than three is shown as the mean, in grey
+    image = torch.zeros(1, 2, 6, 6)
+    image[0, 0] = 0.8
+    image[0, 1, :, :3] = 0.4
+    fig = viz.explanation_gallery(image, {"m": torch.rand(1, 2, 6, 6, generator=torch.Generator().manual_seed(0))})
+    shown = fig.axes[0].get_images()[0]
+    _assert_grey_on_a_fixed_scale(shown)
+    expected = np.full((6, 6), 0.4)
+    expected[:, :3] = 0.6   # (0.8 + 0.4) / 2 on the left, (0.8 + 0) / 2 on the right
+    assert np.allclose(shown.get_array(), expected)
+
+
+def test_class_map_grid_without_any_model_is_refused_naming_the_argument():
+    with pytest.raises(InvalidArgumentError, match="maps_by_model holds no model"):
+        viz.class_map_grid({}, ["a", "b"])
