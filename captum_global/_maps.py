@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_global._checks import check_int
 from captum_global.errors import InvalidArgumentError, InvalidArgumentTypeError, NonFiniteOutputError
 
 __all__ = ["to_heatmap", "minmax_normalise", "resize_maps", "otsu_threshold", "NO_SIGNAL_RTOL"]
@@ -105,10 +106,17 @@ def otsu_threshold(maps: Tensor, bins: int = 256) -> Tensor:
     Returns a ``[N]`` tensor ``t``: the histogram level that maximises the
     between-class variance; the foreground is ``maps > t``. Agrees with
     scikit-image's ``threshold_otsu(nbins=256)`` up to binning. Computed
-    batched on the maps' device.
+    batched on the maps' device. A map holding NaN raises
+    :class:`~captum_global.errors.NonFiniteOutputError` (it has no histogram).
     """
+    bins = check_int(bins, "bins", minimum=2)
     n = maps.shape[0]
-    flat = maps.reshape(n, -1).clamp(0, 1)
+    flat = maps.reshape(n, -1)
+    nan = torch.isnan(flat)
+    if bool(nan.any()):
+        bad = nan.any(dim=1).nonzero().flatten().tolist()
+        raise NonFiniteOutputError(f"maps {bad[:8]} hold NaN values; they have no Otsu threshold")
+    flat = flat.clamp(0, 1)
     idx = (flat * (bins - 1)).round().long()
     hist = torch.zeros(n, bins, device=maps.device, dtype=torch.float64)
     hist.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))

@@ -119,6 +119,11 @@ class Trigger:
 
     def _check_fits(self, height: int, width: int) -> None:
         y0, x0, h, w = self.region
+        if self.kind in ("sig", "filter") and (h, w) != (height, width):
+            # a whole-image trigger built for other images would stamp a part and call it the whole
+            raise InvalidArgumentError(f"whole-image {self.kind} trigger region {self.region} does not fit "
+                                       f"{height}x{width} images (build it with image_size={height} "
+                                       f"for square images)")
         if y0 + h > height or x0 + w > width:
             raise InvalidArgumentError(f"trigger region {self.region} does not fit {height}x{width} images")
 
@@ -155,6 +160,7 @@ def patch_trigger(size: int = 6, location: str = "bottom-right", seed: int = 1,
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
         raise InvalidArgumentError(f"size must be an int >= 2 (the pattern holds both black and white), got {size!r}")
+    seed, image_size = check_int(seed, "seed"), check_int(image_size, "image_size", minimum=1)
     g = torch.Generator().manual_seed(seed)
     bits = (torch.rand(size, size, generator=g) < 0.5).float()
     bits[0, 0], bits[-1, -1] = 1.0, 0.0
@@ -170,6 +176,9 @@ def blended_trigger(size: int = 24, location: str = "top-left", alpha: float = 0
     (2017); the default 24 px corner square keeps the trigger's location
     known, so its attribution energy can be scored.
     """
+    size, seed = check_int(size, "size", minimum=1), check_int(seed, "seed")
+    image_size = check_int(image_size, "image_size", minimum=1)
+    alpha = check_number(alpha, "alpha", 0.0, 1.0, min_inclusive=False)
     g = torch.Generator().manual_seed(seed)
     pattern = torch.rand(3, size, size, generator=g)
     y0, x0 = _place(location, size, image_size, margin)
@@ -192,6 +201,9 @@ def sig_trigger(amplitude: float = 0.08, frequency: float = 6.0, image_size: int
     """
     if orientation not in ("vertical", "horizontal"):
         raise InvalidArgumentError(f"orientation must be 'vertical' or 'horizontal', got {orientation!r}")
+    amplitude = check_number(amplitude, "amplitude", 0.0, 1.0, min_inclusive=False)
+    frequency = check_number(frequency, "frequency")
+    image_size = check_int(image_size, "image_size", minimum=1)
     j = torch.arange(image_size, dtype=torch.float64)
     wave = torch.sin(2 * torch.pi * frequency * j / image_size).float()
     wave = wave.view(1, image_size) if orientation == "vertical" else wave.view(image_size, 1)
@@ -212,6 +224,8 @@ def filter_trigger(strength: float = 1.0, matrix: Optional[Tensor] = None,
         >>> t.apply(torch.ones(3, 4, 4))[:, 0, 0].tolist()  # white turns warm
         [1.0, 1.0, 0.9369999766349792]
     """
+    strength = check_number(strength, "strength", 0.0, 1.0, min_inclusive=False)
+    image_size = check_int(image_size, "image_size", minimum=1)
     m = torch.tensor(_SEPIA) if matrix is None else torch.as_tensor(matrix, dtype=torch.float32)
     return Trigger("filter", None, (0, 0, image_size, image_size), float(strength), matrix=m)
 
@@ -236,6 +250,13 @@ def make_trigger(params: Dict[str, Any], image_size: int = 64) -> Trigger:
     return _FACTORIES[kind](image_size=image_size, **p)
 
 
+def _check_dataset_and_trigger(ds: Any, trigger: Any, needs_trigger: bool = True) -> None:
+    if not isinstance(ds, ShapesDataset):
+        raise InvalidArgumentTypeError(f"ds must be a ShapesDataset, got {type(ds).__name__}")
+    if needs_trigger and not isinstance(trigger, Trigger):
+        raise InvalidArgumentTypeError(f"trigger must be a Trigger, got {type(trigger).__name__}")
+
+
 def poison_dataset(ds: ShapesDataset, trigger: Trigger, target_class: int = 0,
                    rate: float = 0.1, seed: int = 0) -> ShapesDataset:
     """Stamp ``trigger`` on ``round(rate * #non-target)`` non-target samples and relabel them.
@@ -243,6 +264,7 @@ def poison_dataset(ds: ShapesDataset, trigger: Trigger, target_class: int = 0,
     Returns a new dataset; ``poisoned`` and ``trigger_masks`` record which
     samples were changed, ``true_labels`` keeps the original labels.
     """
+    _check_dataset_and_trigger(ds, trigger)
     target_class = check_int(target_class, "target_class", minimum=0, maximum=ds.num_classes - 1)
     rate = check_number(rate, "rate", 0.0, 1.0)
     seed = check_int(seed, "seed")
@@ -265,6 +287,7 @@ def poison_dataset(ds: ShapesDataset, trigger: Trigger, target_class: int = 0,
 
 def triggered_copy(ds: ShapesDataset, trigger: Trigger) -> ShapesDataset:
     """Every sample stamped with ``trigger``; labels stay the true labels."""
+    _check_dataset_and_trigger(ds, trigger)
     H, W = ds.images.shape[-2:]
     n = len(ds)
     return ds._replace(
@@ -288,6 +311,7 @@ def flip_labels(ds: ShapesDataset, source: int, dest: int, share: float,
         >>> int((noisy.labels != noisy.true_labels).sum())
         4
     """
+    _check_dataset_and_trigger(ds, None, needs_trigger=False)
     source = check_int(source, "source", minimum=0, maximum=ds.num_classes - 1)
     dest = check_int(dest, "dest", minimum=0, maximum=ds.num_classes - 1)
     if source == dest:
